@@ -32,7 +32,7 @@ def time_up(components: tuple[str, ...], root: Path) -> float:
 def run() -> dict:
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="rhizeption-bench-") as tmp:
-        for _ in range(ROUNDS):
+        for _round in range(ROUNDS):
             for name, components in VARIANTS.items():
                 samples[name].append(time_up(components, Path(tmp)))
     figures = {name: common.summary(s) | {"samples_s": s} for name, s in samples.items()}

@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 REPO_DIR="$(dirname "$HACK_DIR")"
 # Outside the repository so a fresh clone reuses it; keyed by version inside.
 CACHE_DIR="${RHIZEPTION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rhizeption}"

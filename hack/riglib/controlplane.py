@@ -191,7 +191,7 @@ class ControlPlane:
         os.chmod(self.workdir, 0o700)
         self.state = State(workdir=str(self.workdir), components=list(self.components))
         try:
-            self._write_pki()
+            self._write_files()
             for component in self.components:
                 self._start(component, binaries[component])
                 self._wait_ready(component)
@@ -238,9 +238,10 @@ class ControlPlane:
     def _path(self, name: str) -> str:
         return str(self.workdir / name)
 
-    def _write_pki(self) -> None:
+    def _write_files(self) -> None:
+        """Certificates, kubeconfigs and configs for every component."""
         state = self._require_state()
-        state.ports = {c: _free_port() for c in self.components if c != "kwok"}
+        state.ports = {c: _free_port() for c in self.components}
         state.ports["etcd-peer"] = _free_port()
         if "kube-apiserver" not in self.components:
             return  # etcd alone speaks plain HTTP on loopback
@@ -277,6 +278,9 @@ class ControlPlane:
             pki.write_file(
                 d / f"{name}.kubeconfig", kubeconfig_yaml(state.server, ca, cn, client), private=True
             )
+        pki.write_file(
+            d / "kwok.yaml", b"apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\n"
+        )
 
     def _args(self, component: str) -> list[str]:
         state = self._require_state()
@@ -350,6 +354,9 @@ class ControlPlane:
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-ip=127.0.0.1",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                # An empty config: a person's ~/.kwok/kwok.yaml must not change the rig.
+                f"--config={p('kwok.yaml')}",
                 "--node-lease-duration-seconds=40",
             ]
         raise RigError(f"unknown component {component}")
@@ -375,10 +382,11 @@ class ControlPlane:
 
     def _ready(self, component: str) -> bool:
         state = self._require_state()
-        if component == "etcd":
-            url, ctx = f"http://127.0.0.1:{state.ports['etcd']}/health", None
-        elif component == "kwok":
-            return True  # kwok has no health endpoint until it serves; liveness is checked below
+        if component in ("etcd", "kwok"):
+            url, ctx = (
+                f"http://127.0.0.1:{state.ports[component]}/{'health' if component == 'etcd' else 'healthz'}",
+                None,
+            )
         else:
             # RBAC lets anonymous clients read /readyz and /healthz (system:public-info-viewer).
             check = "readyz" if component == "kube-apiserver" else "healthz"

@@ -21,7 +21,7 @@ def versions(path: Path = HACK_DIR / "versions.env") -> dict[str, str]:
     for raw in path.read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             pins[key.strip()] = value.strip()
     return pins
 
