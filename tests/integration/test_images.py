@@ -1,0 +1,55 @@
+"""The locally built images work: the pause container runs and stops cleanly, and
+the systemd host image boots to `running` in both ways the role tests start hosts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from riglib import toolchain
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pause_image() -> str:
+    out = subprocess.run(
+        ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/rhizeption/pause"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(out) == 1, f"expected one pause image, found {out}"
+    return out[0]
+
+
+def test_pause_runs_and_reports_its_source_version() -> None:
+    ref = pause_image()
+    version = subprocess.run(
+        ["podman", "run", "--rm", ref, "-v"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert version.stdout.strip() == f"pause.c {ref.rsplit(':', 1)[1]}-rhizeption"
+
+
+def test_every_image_has_an_archive_for_containerd() -> None:
+    archives = sorted(p.name.split("-")[0] for p in (toolchain.cache_dir() / "images").glob("*.oci.tar"))
+    assert archives == ["host", "pause"]
+
+
+def test_host_image_boots_systemd_plain_and_nested() -> None:
+    result = subprocess.run(
+        [str(REPO / "hack" / "check-host-image"), "localhost/rhizeption/host:bookworm"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plain: systemd running" in result.stdout
+    assert "nested: systemd running" in result.stdout
+    leftover = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", "ancestor=localhost/rhizeption/host:bookworm"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert leftover.strip() == ""
