@@ -70,3 +70,13 @@ def test_rewriting_a_public_file_as_private_tightens_its_mode(tmp_path) -> None:
     pki.write_file(path, b"b", private=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_bytes() == b"b"
+
+
+def test_only_the_ca_may_sign_certificates() -> None:
+    ca = pki.new_ca("test-ca")
+    leaf = pki.issue(ca, "kube-scheduler", client=True)
+    ca_usage = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    leaf_usage = leaf.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert (ca_usage.key_cert_sign, ca_usage.crl_sign) == (True, True)
+    assert (leaf_usage.key_cert_sign, leaf_usage.crl_sign) == (False, False)
+    assert ca.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
