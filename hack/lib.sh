@@ -49,7 +49,8 @@ cache_entry_commit() {
 	mv "$1" "$2"
 }
 
-# content_key FILE... : a short hash of files and strings, to key a cache entry.
+# content_key FILE... : a short hash of the files' contents (not their paths, so every
+# checkout of the same pins shares the entry), to key a cache entry.
 content_key() {
-	sha256sum "$@" | sha256sum | cut -c1-16
+	cat -- "$@" | sha256sum | cut -c1-16
 }
