@@ -17,7 +17,8 @@ BOOTSTRAP = REPO / "hack" / "bootstrap"
 
 FAKE_GO = textwrap.dedent("""\
     #!/usr/bin/env bash
-    # Records each call; builds fake binaries into -o DIR, or fails when told to.
+    # Records each build; builds fake binaries into -o DIR, or fails when told to.
+    if [[ "$1" == env ]]; then echo "${FAKE_GO_VERSION:-go1.26.0}"; exit 0; fi
     echo "$*" >> "$FAKE_GO_CALLS"
     [[ -z "${FAKE_GO_FAIL:-}" ]] || { echo "compile error: $FAKE_GO_FAIL" >&2; exit 1; }
     out=""; prev=""
@@ -89,4 +90,13 @@ def test_an_unknown_step_is_refused_before_anything_runs(env) -> None:
     result = bootstrap(env, "kubernetes", "kubernets")
     assert result.returncode == 2
     assert 'unknown step "kubernets"' in result.stderr
+    assert not Path(env["FAKE_GO_CALLS"]).exists()
+
+
+def test_a_go_too_old_is_named_before_building(env) -> None:
+    env["FAKE_GO_VERSION"] = "go1.22.3"
+    result = bootstrap(env, "etcd")
+    assert result.returncode == 1
+    assert 'step "etcd" failed' in result.stderr
+    assert "go1.22.3 is too old: Go 1.24 or newer is needed" in result.stderr
     assert not Path(env["FAKE_GO_CALLS"]).exists()
