@@ -1,0 +1,288 @@
+"""rhizeption.core.wireguard on real wireguard-go, with network namespaces as hosts.
+
+gateway (the hub) is joined to pet A and pet B by veth pairs; the pets reach each other
+only through the hub's tunnel. Peer changes and key rotation must leave the other
+sessions up: checked with a ping that runs across the change and with the hub's
+`wg show ... latest-handshakes`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from netlab import Lab, lab_leftovers, wireguard_go_pids
+
+PORT = 51820
+TUNNEL = "10.244.255.0/24"
+
+
+@dataclass
+class Host:
+    ns: str
+    ifname: str
+    tunnel_ip: str
+    underlay_ip: str
+    pod_subnet: str
+    key_path: str
+    public_key: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Topology:
+    def __init__(self, lab: Lab, tmp: Path) -> None:
+        self.lab, self.tmp = lab, tmp
+        self.gw_ns = lab.ns("gw")
+        lab.run(self.gw_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.gw = Host(self.gw_ns, lab.ifname("h"), "10.244.255.1", "", "10.244.0.0/24", str(tmp / "gw.key"))
+        self.pets: dict[str, Host] = {}
+
+    def add_pet(self, letter: str, index: int) -> Host:
+        ns = self.lab.ns(f"pet{letter}")
+        # one /30 per pet on its own veth: the pets share no underlay with each other
+        base = 4 * index
+        self.lab.veth(self.gw_ns, f"10.244.250.{base + 1}/30", ns, f"10.244.250.{base + 2}/30")
+        pet = Host(
+            ns,
+            self.lab.ifname(letter),
+            f"10.244.255.{index + 1}",
+            f"10.244.250.{base + 2}",
+            f"10.244.{index}.0/24",
+            str(self.tmp / f"pet{letter}.key"),
+        )
+        pet.extra["gw_underlay"] = f"10.244.250.{base + 1}"
+        self.pets[letter] = pet
+        return pet
+
+    def keypair(self, host: Host) -> str:
+        out = self.lab.module(
+            host.ns, "wireguard", {"name": host.ifname, "state": "keypair", "private_key_path": host.key_path}
+        )
+        assert not out.get("failed"), out
+        host.public_key = out["public_key"]
+        return host.public_key
+
+    def hub_args(self) -> dict:
+        return {
+            "name": self.gw.ifname,
+            "addresses": [f"{self.gw.tunnel_ip}/24"],
+            "listen_port": PORT,
+            "private_key_path": self.gw.key_path,
+            "config_path": str(self.tmp / f"{self.gw.ifname}.conf"),
+            "peers": [
+                {"public_key": p.public_key, "allowed_ips": [f"{p.tunnel_ip}/32", p.pod_subnet]}
+                for p in self.pets.values()
+            ],
+        }
+
+    def pet_args(self, pet: Host) -> dict:
+        return {
+            "name": pet.ifname,
+            "addresses": [f"{pet.tunnel_ip}/24"],
+            "private_key_path": pet.key_path,
+            "config_path": str(self.tmp / f"{pet.ifname}.conf"),
+            "peers": [
+                {
+                    "public_key": self.gw.public_key,
+                    "endpoint": f"{pet.extra['gw_underlay']}:{PORT}",
+                    "allowed_ips": ["10.244.0.0/24", "10.244.255.0/24", "10.96.0.0/16"]
+                    + [p.pod_subnet for p in self.pets.values() if p is not pet],
+                    "persistent_keepalive": 5,
+                }
+            ],
+        }
+
+    def apply(self, host: Host, args: dict, **kw) -> dict:
+        out = self.lab.module(host.ns, "wireguard", args, **kw)
+        assert not out.get("failed"), out
+        return out
+
+    def handshakes(self, host: Host) -> dict[str, int]:
+        out = self.lab.run(host.ns, "wg", "show", host.ifname, "latest-handshakes")
+        return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines())}
+
+
+def ping(lab: Lab, ns: str, dst: str, count: int = 3) -> bool:
+    return (
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dst],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+
+
+def reachable_within(ns: str, dst: str, seconds: int) -> bool:
+    """One reply within SECONDS (ping sends once a second until then)."""
+    return (
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ping", "-c", "1", "-w", str(seconds), dst],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    lab = Lab()
+    try:
+        t = Topology(lab, tmp_path_factory.mktemp("wg"))
+        a, b = t.add_pet("a", 1), t.add_pet("b", 2)
+        for h in (t.gw, a, b):
+            lab.track_wg(h.ns, h.ifname)
+            t.keypair(h)
+        yield t
+    finally:
+        lab.close()
+        assert lab_leftovers(lab.suffix) == []
+
+
+def test_tunnels_come_up_and_pet_a_reaches_pet_b_through_the_hub(topo: Topology) -> None:
+    a, b = topo.pets["a"], topo.pets["b"]
+    hub = topo.apply(topo.gw, topo.hub_args())
+    assert hub["changed"] is True
+    assert hub["implementation"] == "userspace"  # MACHINE.md: no kernel module here
+    assert hub["public_key"] == topo.gw.public_key
+    for pet in (a, b):
+        topo.apply(pet, topo.pet_args(pet))
+    assert ping(topo.lab, a.ns, b.tunnel_ip)
+    # The pets have no underlay route to each other: the reply came through the hub.
+    assert "10.244.250" not in topo.lab.run(a.ns, "ip", "route", "get", b.tunnel_ip)
+    assert set(topo.handshakes(topo.gw)) == {a.public_key, b.public_key}
+    assert all(ts > 0 for ts in topo.handshakes(topo.gw).values())
+
+
+def test_a_second_run_changes_nothing_and_check_mode_writes_nothing(topo: Topology) -> None:
+    for host, args in [(topo.gw, topo.hub_args())] + [(p, topo.pet_args(p)) for p in topo.pets.values()]:
+        again = topo.apply(host, args)
+        assert again["changed"] is False, again["actions"]
+    args = topo.hub_args()
+    args["listen_port"] = PORT + 1
+    preview = topo.apply(topo.gw, args, check_mode=True, diff=True)
+    assert preview["changed"] is True
+    assert f"ListenPort = {PORT + 1}" in preview["diff"]["after"]
+    assert f"ListenPort = {PORT}" in preview["diff"]["before"]
+    assert f"listening port: {PORT}" in topo.lab.run(topo.gw.ns, "wg", "show", topo.gw.ifname)
+
+
+def test_the_private_key_stays_on_the_host_with_mode_0600(topo: Topology) -> None:
+    key = Path(topo.gw.key_path)
+    assert key.stat().st_mode & 0o777 == 0o600
+    private = key.read_text().strip()
+    out = topo.lab.module(topo.gw.ns, "wireguard", topo.hub_args(), diff=True)
+    assert private not in repr(out)
+    conf = Path(topo.hub_args()["config_path"])
+    assert conf.stat().st_mode & 0o777 == 0o600
+    assert private not in conf.read_text()
+    assert f"PostUp = wg set %i private-key {key}" in conf.read_text()
+
+
+def _continuous_ping(topo: Topology, ns: str, dst: str) -> subprocess.Popen:
+    return topo.lab.popen(
+        ns, "ping", "-i", "0.05", "-W", "1", dst, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _stop_ping(proc: subprocess.Popen) -> tuple[int, int]:
+    proc.send_signal(2)
+    out, _ = proc.communicate(timeout=10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_a_new_peer_leaves_the_other_sessions_up(topo: Topology) -> None:
+    a, b = topo.pets["a"], topo.pets["b"]
+    assert ping(topo.lab, a.ns, b.tunnel_ip)
+    before = topo.handshakes(topo.gw)
+    pinger = _continuous_ping(topo, a.ns, b.tunnel_ip)
+    try:
+        c = topo.add_pet("c", 3)
+        topo.lab.track_wg(c.ns, c.ifname)
+        topo.keypair(c)
+        added = topo.apply(topo.gw, topo.hub_args())
+        assert added["actions"] == [
+            f"write {topo.hub_args()['config_path']}",
+            f"add peer {c.public_key}",
+            f"add route {c.pod_subnet}",
+        ]
+        topo.apply(c, topo.pet_args(c))
+        assert ping(topo.lab, c.ns, a.tunnel_ip)
+    finally:
+        sent, received = _stop_ping(pinger)
+    assert sent > 20
+    assert received == sent, f"{sent - received} of {sent} pings lost while a peer was added"
+    after = topo.handshakes(topo.gw)
+    # The existing sessions were not re-keyed: their last handshakes are the same.
+    assert after[a.public_key] == before[a.public_key]
+    assert after[b.public_key] == before[b.public_key]
+
+
+def test_rotating_one_pets_key_leaves_the_other_sessions_up(topo: Topology) -> None:
+    a, b = topo.pets["a"], topo.pets["b"]
+    old_b = b.public_key
+    before = topo.handshakes(topo.gw)
+    pinger = _continuous_ping(topo, a.ns, topo.gw.tunnel_ip)
+    try:
+        args = topo.pet_args(b)
+        rotated = topo.apply(b, {**args, "rotate_key": True})
+        assert rotated["public_key"] != old_b
+        b.public_key = rotated["public_key"]
+        hub = topo.apply(topo.gw, topo.hub_args())
+        assert f"remove peer {old_b}" in hub["actions"]
+        assert f"add peer {b.public_key}" in hub["actions"]
+        # B's handshake with its new key is retried every 5 s until the hub knows the key.
+        assert reachable_within(a.ns, b.tunnel_ip, 20)
+    finally:
+        sent, received = _stop_ping(pinger)
+    assert received == sent, f"{sent - received} of {sent} pings from pet A lost during B's rotation"
+    after = topo.handshakes(topo.gw)
+    assert after[a.public_key] == before[a.public_key]
+    assert old_b not in after
+
+
+def test_bad_keys_and_overlapping_subnets_are_refused_naming_the_option(topo: Topology) -> None:
+    args = topo.hub_args()
+    args["peers"][0]["public_key"] = "not-a-key"
+    out = topo.lab.module(topo.gw.ns, "wireguard", args)
+    assert out["failed"] is True
+    assert out["msg"].startswith("peers[0].public_key: not a WireGuard key")
+    args = topo.hub_args()
+    args["peers"][1]["allowed_ips"].append("10.244.1.128/25")  # inside pet A's Pod subnet
+    out = topo.lab.module(topo.gw.ns, "wireguard", args)
+    assert out["failed"] is True
+    assert out["msg"].startswith("peers[1].allowed_ips: 10.244.1.128/25 overlaps 10.244.1.0/24")
+    # Nothing was applied: the hub still has its peers as before.
+    assert topo.apply(topo.gw, topo.hub_args())["changed"] is False
+
+
+def test_absent_removes_the_interface_and_ends_wireguard_go(topo: Topology) -> None:
+    c = topo.pets.get("c") or topo.add_pet("c", 3)
+    if not c.public_key:
+        topo.lab.track_wg(c.ns, c.ifname)
+        topo.keypair(c)
+        topo.apply(c, topo.pet_args(c))
+    assert wireguard_go_pids(c.ifname)
+    gone = topo.apply(
+        c, {"name": c.ifname, "state": "absent", "config_path": str(topo.tmp / f"{c.ifname}.conf")}
+    )
+    assert gone["changed"] is True
+    assert (
+        subprocess.run(
+            ["ip", "-n", c.ns, "link", "show", c.ifname], capture_output=True, check=False
+        ).returncode
+        != 0
+    )
+    deadline = time.monotonic() + 5
+    while wireguard_go_pids(c.ifname) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wireguard_go_pids(c.ifname) == []
+    assert topo.apply(c, {"name": c.ifname, "state": "absent"})["changed"] is False
