@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 try:
-    import kubernetes  # noqa: F401  (only the Watcher needs it)
+    import kubernetes  # the Watcher and the module read the API with it
     from kubernetes.watch.watch import iter_resp_lines
 
     HAS_K8S = True
@@ -258,9 +258,14 @@ def render(
 
     The script first creates the table (so that deleting it cannot fail), deletes it, and
     builds it anew: `nft -f` runs the whole file as one transaction."""
+    ports, skipped = service_ports(services, slices)
+    return render_ports(ports, config), skipped
+
+
+def render_ports(ports: List[ServicePort], config: ProxyConfig | None = None) -> str:
+    """The script for service ports already sorted out by `service_ports`."""
     config = config or ProxyConfig()
     config.validate()
-    ports, skipped = service_ports(services, slices)
     t = config.table
     mark = f"0x{MASQ_MARK:08x}"
     pick = "random" if config.balance == "random" else "inc"
@@ -353,7 +358,7 @@ def render(
     body = "\n".join(lines) + "\n"
     digest = hashlib.sha256(body.encode()).hexdigest()[:32]
     body += f'add chain ip {t} fingerprint {{ comment "sha256:{digest}" ; }}\n'
-    return body, skipped
+    return body
 
 
 def fingerprint_of(script: str) -> str | None:
@@ -415,6 +420,64 @@ def sync(
     return {"changed": changed, "script": script, "skipped": skipped, "fingerprint": wanted}
 
 
+def udp_flows(ports: List[ServicePort]) -> set:
+    """(service address, port, endpoint address, endpoint port) of every UDP path."""
+    flows = set()
+    for sp in ports:
+        if sp.protocol != "udp":
+            continue
+        for ep in sp.endpoints:
+            flows.update((ip, sp.port, ep.ip, ep.port) for ip in sp.cluster_ips)
+            if sp.node_port:
+                flows.add((None, sp.node_port, ep.ip, ep.port))
+    return flows
+
+
+def forget_udp_flows(flows: Iterable[Tuple[Any, int, str, int]], run: Runner = subprocess_runner) -> None:
+    """UDP has no connection end: a client that keeps its source port would keep reaching
+    a removed endpoint through its conntrack entry. Delete those entries, as kube-proxy does."""
+    for service_ip, port, ep_ip, ep_port in sorted(flows, key=str):
+        argv = ["conntrack", "-D", "-p", "udp"]
+        if service_ip:
+            argv += ["--orig-dst", service_ip]
+        argv += ["--orig-port-dst", str(port), "--reply-src", ep_ip, "--reply-port-src", str(ep_port)]
+        try:
+            rc, _out, err = run(argv, None)
+        except OSError as exc:  # no conntrack tool: entries age out (30 s) instead
+            LOG.warning("cannot forget UDP flows: %s", exc)
+            return
+        if rc not in (0, 1):  # 1: there was nothing to delete
+            LOG.warning("conntrack %s: %s", " ".join(argv[3:]), err.strip())
+
+
+# -- reading the API ----------------------------------------------------------------------------
+
+SERVICES_PATH = "/api/v1/services"
+ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
+
+
+def request(api_client: Any, path: str, timeout: Any, **params: Any) -> Any:
+    """A raw GET through the client's generated list call, so it works across client
+    versions: the JSON stays plain dicts (model objects cost much more for thousands of
+    Services) and a watch's response can be read line by line."""
+    if path == SERVICES_PATH:
+        call = kubernetes.client.CoreV1Api(api_client).list_service_for_all_namespaces
+    else:
+        call = kubernetes.client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces
+    resp = call(_preload_content=False, _request_timeout=timeout, **params)
+    raw = getattr(resp, "response", resp)  # newer clients wrap urllib3's response
+    status = getattr(raw, "status", 200)
+    if not 200 <= status < 300:
+        raise ProxyError(f"GET {path}: HTTP {status}: {raw.data[:300]!r}")
+    return raw
+
+
+def list_objects(api_client: Any, path: str) -> Tuple[List[Obj], str]:
+    """Every object at PATH (all namespaces) and the list's resourceVersion."""
+    data = json.loads(request(api_client, path, (5, 60)).data)
+    return data.get("items") or [], data["metadata"]["resourceVersion"]
+
+
 # -- watching the API ---------------------------------------------------------------------------
 
 
@@ -455,50 +518,39 @@ class Watcher:
         self.watch_timeout = watch_timeout
         self.run = run
         self.resources = [
-            _Resource("Service", "/api/v1/services"),
-            _Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"),
+            _Resource("Service", SERVICES_PATH),
+            _Resource("EndpointSlice", ENDPOINT_SLICES_PATH),
         ]
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stop = threading.Event()
         self.syncs = 0
         self.last_fingerprint: str | None = None
+        self.udp_flows: set | None = None  # None until the first sync: nothing to forget yet
 
     # one resource -------------------------------------------------------------------------
-    def _request(self, path: str, query: List[Tuple[str, Any]], timeout: Any) -> Any:
-        return self.api.call_api(
-            path,
-            "GET",
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=timeout,
-        )[0]
-
     def _list(self, res: _Resource) -> str:
-        resp = self._request(res.path, [], (5, 60))
-        data = json.loads(resp.data)
-        objects = {
-            f"{o['metadata'].get('namespace')}/{o['metadata']['name']}": o for o in data.get("items") or []
-        }
+        items, rv = list_objects(self.api, res.path)
+        objects = {f"{o['metadata'].get('namespace')}/{o['metadata']['name']}": o for o in items}
         with self.lock:
             res.objects = objects
             res.listed = True
         self.dirty.set()
         LOG.info("listed %d %ss", len(objects), res.kind)
-        return data["metadata"]["resourceVersion"]
+        return rv
 
     def _watch(self, res: _Resource, rv: str) -> None:
         # Spread the watches' ends so both resources do not re-list at the same moment.
         timeout = int(self.watch_timeout * random.uniform(0.8, 1.0)) or 1
-        query = [
-            ("watch", "true"),
-            ("resourceVersion", rv),
-            ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", timeout),
-        ]
-        resp = self._request(res.path, query, (5, timeout + 30))
+        resp = request(
+            self.api,
+            res.path,
+            (5, timeout + 30),
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+        )
         try:
             for line in iter_resp_lines(resp):
                 if self.stop.is_set():
@@ -542,7 +594,8 @@ class Watcher:
         with self.lock:
             services = list(self.resources[0].objects.values())
             slices = list(self.resources[1].objects.values())
-        script, skipped = render(services, slices, self.config)
+        ports, skipped = service_ports(services, slices)
+        script = render_ports(ports, self.config)
         wanted = fingerprint_of(script)
         if wanted == self.last_fingerprint:
             return False
@@ -550,6 +603,10 @@ class Watcher:
             LOG.warning("skipped %s", line)
         if live_fingerprint(self.config.table, self.nft, self.run) != wanted:
             apply(script, self.nft, self.run)
+        flows = udp_flows(ports)
+        if self.udp_flows is not None and self.udp_flows - flows:
+            forget_udp_flows(self.udp_flows - flows, self.run)
+        self.udp_flows = flows
         self.last_fingerprint = wanted
         self.syncs += 1
         LOG.info("synced %d services, %d endpoint slices (%s)", len(services), len(slices), wanted)
