@@ -234,7 +234,7 @@ options:
     type: int
     default: 500
 requirements:
-  - kubernetes >= 24.2.0 (Python client)
+  - kubernetes >= 30.1.0 (Python client)
   - kubectl on the controller, for O(connection_type=kubectl)
 notes:
   - Only the API's JSON is cached (with O(cache)), not the hosts, so a change of this file's
@@ -247,42 +247,41 @@ seealso:
 """
 
 EXAMPLES = r"""
-# lab.hnmachines.yml: every machine of the cluster that ~/.kube/config points at
-plugin: rhizeption.core.hnmachines
+# Each item below is the content of one inventory file, for example lab.hnmachines.yml.
 
-# ---
-# prod.hnmachines.yml: one kubeconfig context, two namespaces, cached for 5 minutes
-plugin: rhizeption.core.hnmachines
-kubeconfig: ~/.kube/host-clusters
-context: prod
-namespaces: [tenant-a, tenant-b]
-cache: true
-cache_plugin: ansible.builtin.jsonfile
-cache_connection: ~/.cache/ansible-inventory
-cache_timeout: 300
+# Every machine of the cluster that ~/.kube/config points at
+- plugin: rhizeption.core.hnmachines
 
-# ---
-# AWX: a Kubernetes credential on the inventory source sets K8S_AUTH_HOST,
-# K8S_AUTH_API_KEY and K8S_AUTH_SSL_CA_CERT (or K8S_AUTH_VERIFY_SSL); the file needs no auth.
-plugin: rhizeption.core.hnmachines
-label_selector: env=prod
-phases: [Running, Ready]
+# One kubeconfig context, two namespaces, the API's answer cached for 5 minutes
+- plugin: rhizeption.core.hnmachines
+  kubeconfig: ~/.kube/host-clusters
+  context: prod
+  namespaces: [tenant-a, tenant-b]
+  cache: true
+  cache_plugin: ansible.builtin.jsonfile
+  cache_connection: ~/.cache/hnmachines-inventory
+  cache_timeout: 300
 
-# ---
+# AWX: the Kubernetes credential of the inventory source sets K8S_AUTH_HOST,
+# K8S_AUTH_API_KEY and K8S_AUTH_SSL_CA_CERT (or K8S_AUTH_VERIFY_SSL): no auth in the file.
+- plugin: rhizeption.core.hnmachines
+  label_selector: env=prod
+  phases: [Running, Ready]
+
 # Groups and variables of your own
-plugin: rhizeption.core.hnmachines
-keyed_groups:
-  - key: hn_labels['topology.kubernetes.io/zone'] | default('none')
-    prefix: zone
-  - key: hn_host_node
-    prefix: on_host
-    default_value: unscheduled
-groups:
-  failed_machines: hn_phase == 'Failed'
-compose:
-  # reach the machines over SSH at their pod IP instead of kubectl
-  ansible_connection: "'ssh'"
-  ansible_user: "'root'"
+- plugin: rhizeption.core.hnmachines
+  keyed_groups:
+    - key: hn_labels['topology.kubernetes.io/zone'] | default('none')
+      prefix: zone
+    - key: hn_host_node
+      prefix: on_host
+      default_value: unscheduled
+  groups:
+    failed_machines: hn_phase == 'Failed'
+  compose:
+    # reach the machines over SSH at their Pod IP (ansible_host) instead of kubectl
+    ansible_connection: "'ssh'"
+    ansible_user: "'root'"
 """
 
 import re  # noqa: E402
