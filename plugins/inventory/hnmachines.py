@@ -370,19 +370,37 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
         cache_key = self.get_cache_key(path)
         use_cache = self.get_option("cache")
+        query = self._query()
         data = None
         if use_cache and cache:  # cache is False with --flush-cache and refresh_inventory
             data = self._cache.get(cache_key)
-            if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
+            # An entry read with other selectors or from another cluster is not an answer.
+            if not (
+                isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("query") == query
+            ):
                 data = None
         if data is None:
             data = self._fetch(path, settings, page_size)
+            data["query"] = query
             if use_cache:
                 # Only on a miss: rewriting a hit would push its expiry back.
                 self._cache[cache_key] = data
         self._populate(hosts_from(data["items"], settings), settings)
 
     # -- the API ---------------------------------------------------------------------
+    def _query(self) -> Dict[str, Any]:
+        """What decides the API's answer (never a secret: it is stored in the cache)."""
+        kubeconfig = self.get_option("kubeconfig")
+        return {
+            "kubeconfig": kubeconfig if isinstance(kubeconfig, str) else None,
+            "context": self.get_option("context"),
+            "host": self.get_option("host"),
+            "impersonate_user": self.get_option("impersonate_user"),
+            "namespaces": sorted(self.get_option("namespaces") or []),
+            "label_selector": self.get_option("label_selector"),
+            "field_selector": self.get_option("field_selector"),
+        }
+
     def _fetch(self, path: str, settings: Settings, page_size: int) -> Dict[str, Any]:
         """The raw HnMachine JSON: {"format", "server", "items"}."""
         from ansible_collections.rhizeption.core.plugins.module_utils import kube as kube_utils  # noqa: PLC0415
@@ -468,7 +486,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         # ours, so they go into the Host objects directly.
         hosts = getattr(inventory, "__wrapped__", inventory).hosts
         for host in result.hosts:
-            name = inventory.add_host(host.name, group=root)
+            # Not into root itself: every host is in a default group under it.
+            name = inventory.add_host(host.name)
             hosts[name].vars.update(host.vars if UNTRUSTED_BY_DEFAULT else wrap_var(host.vars))
             for group in host.groups:
                 if group not in known_groups:

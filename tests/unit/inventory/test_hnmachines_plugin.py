@@ -218,3 +218,17 @@ def test_without_cache_option_every_run_reads_the_api(fake_api, tmp_path):
     load(source)
     load(source)
     assert len(fake_api) == 2
+
+
+def test_a_cache_entry_read_with_other_selectors_is_not_used(fake_api, tmp_path):
+    cache = {
+        "cache": True,
+        "cache_plugin": "ansible.builtin.jsonfile",
+        "cache_connection": str(tmp_path / "cache"),
+        "cache_timeout": 3600,
+    }
+    load(write_source(tmp_path, label_selector="env=a", **cache))
+    load(write_source(tmp_path, label_selector="env=a", host_format="{name}", **cache))
+    assert len(fake_api) == 1, "grouping and naming options are applied to the cached answer"
+    load(write_source(tmp_path, label_selector="env=b", **cache))
+    assert len(fake_api) == 2, "other selectors need another answer"
