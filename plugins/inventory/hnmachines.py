@@ -500,7 +500,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             if constructed:
                 # The templates come from the inventory file (trusted); the variables they
                 # read came from the API (not trusted), so data is never run as a template.
-                variables = inventory.get_host(name).get_vars()
-                self._set_composite_vars(compose, variables, name, strict=strict)
-                self._add_host_to_composed_groups(composed_groups, variables, name, strict=strict)
-                self._add_host_to_keyed_groups(keyed_groups, variables, name, strict=strict)
+                host_obj = hosts[name]
+                if compose:
+                    self._set_composite_vars(compose, host_obj.get_vars(), name, strict=strict)
+                variables = host_obj.get_vars()  # with what compose just set
+                self._add_host_to_composed_groups(
+                    composed_groups, variables, name, strict=strict, fetch_hostvars=False
+                )
+                self._add_host_to_keyed_groups(
+                    keyed_groups, variables, name, strict=strict, fetch_hostvars=False
+                )
