@@ -45,8 +45,9 @@ description:
     C(ansible_kubectl_namespace) and, when this file sets them, C(ansible_kubectl_kubeconfig),
     C(ansible_kubectl_context), C(ansible_kubectl_host), C(ansible_kubectl_ca_cert),
     C(ansible_kubectl_validate_certs), C(ansible_kubectl_client_cert) and
-    C(ansible_kubectl_client_key). Tokens and passwords are never written into variables: the
-    kubectl connection reads C(K8S_AUTH_API_KEY) and the others from the environment itself.'
+    C(ansible_kubectl_client_key) (several kubeconfig files go into C(KUBECONFIG) through
+    C(ansible_kubectl_local_env_vars)). Tokens and passwords are never written into variables:
+    the kubectl connection reads C(K8S_AUTH_API_KEY) and the others from the environment itself.'
   - Everything read from the API is data, never a template, in host variables and in the
     cache; O(compose), O(groups) and O(keyed_groups) from this file are templates.
 extends_documentation_fragment:

@@ -14,6 +14,7 @@ sanitised once per distinct value rather than once per host.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from dataclasses import dataclass, field
@@ -166,6 +167,14 @@ def settings_from(get: Callable[[str], Any], file_options: Obj | None = None) ->
             # A kubeconfig given inline may hold keys and tokens: never copy it into host variables.
             if value is not None and not isinstance(value, dict):
                 connection_vars[var] = value
+        kubeconfig = connection_vars.pop("ansible_kubectl_kubeconfig", None)
+        if kubeconfig:
+            # kubectl neither expands ~ nor takes several files in --kubeconfig; KUBECONFIG does.
+            paths = [os.path.expanduser(p) for p in str(kubeconfig).split(os.pathsep) if p]
+            if len(paths) == 1:
+                connection_vars["ansible_kubectl_kubeconfig"] = paths[0]
+            elif paths:
+                connection_vars["ansible_kubectl_local_env_vars"] = {"KUBECONFIG": os.pathsep.join(paths)}
 
     return Settings(
         host_format=check_host_format(get("host_format")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from ansible_collections.rhizeption.core.plugins.module_utils.inventory_hnmachines import (
     DEFAULT_ADDRESS_PREFERENCE,
@@ -121,6 +123,14 @@ def test_connection_options_from_the_file_reach_kubectl_but_secrets_never_do():
     assert "SECRET" not in repr(s)
     host = hosts_from([machine(status=READY)], s).hosts[0]
     assert "SECRET" not in repr(host.vars)
+
+
+def test_kubeconfig_for_kubectl_is_expanded_and_several_files_go_through_kubeconfig_env():
+    home = os.path.expanduser("~")
+    s = settings_from(options(), {"kubeconfig": "~/.kube/prod"})
+    assert s.connection_vars == {"ansible_kubectl_kubeconfig": f"{home}/.kube/prod"}
+    s = settings_from(options(), {"kubeconfig": "/a/one:~/two"})
+    assert s.connection_vars == {"ansible_kubectl_local_env_vars": {"KUBECONFIG": f"/a/one:{home}/two"}}
 
 
 def test_an_inline_kubeconfig_is_not_copied_into_host_variables():
