@@ -1,0 +1,536 @@
+# Copyright: rhizeption.core contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""HnMachine: one hosted node, realised as a privileged Pod of the host cluster.
+
+render_*   pure: spec in, Kubernetes objects out (unit-tested without a cluster);
+status     pure: what exists (the Pod, later the tenant Node) in, HnMachine status out;
+ensure_*   apply/wait: server-side apply, watches, status through the status subresource.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Dict, List, Tuple
+
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
+    API_VERSION,
+    CLUSTER_LABEL,
+    HNCLUSTER,
+    HNMACHINE,
+    MACHINE_FINALIZER,
+    MACHINE_LABEL,
+    MANAGED_BY,
+    condition,
+    meta,
+    owner_reference,
+    status_of,
+)
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import POD, Kube, KubeError, Obj
+
+NODE_CONTAINER = "node"
+# Maps merged key by key when a machine overrides its cluster's template; every other
+# field of the machine's template replaces the cluster's.
+MERGED_TEMPLATE_MAPS = ("nodeLabels", "podLabels", "nodeSelector")
+# Container states that will not get better by waiting.
+TERMINAL_WAITING_REASONS = ("ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError")
+# How far a machine has come; a wait for one phase is satisfied by any later one.
+PROGRESS = {"Pending": 0, "Provisioning": 1, "Running": 2, "Ready": 3}
+
+
+class MachineError(Exception):
+    """Bad input or a failed step, with the field path when there is one."""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- render --------------------------------------------------------------------------
+def render_machine(
+    name: str,
+    namespace: str,
+    cluster: Obj,
+    *,
+    template: Obj | None = None,
+    labels: Dict[str, str] | None = None,
+    provider_id: str | None = None,
+) -> Obj:
+    """The HnMachine as this field manager wants it (server-side apply input)."""
+    spec: Obj = {"clusterName": cluster["metadata"]["name"]}
+    if template:
+        spec["template"] = template
+    if provider_id:
+        spec["providerID"] = provider_id
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "HnMachine",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**(labels or {}), **MANAGED_BY, CLUSTER_LABEL: cluster["metadata"]["name"]},
+            "finalizers": [MACHINE_FINALIZER],
+            # The cluster owns its machines: deleting it collects them (each still held
+            # by its finalizer until its Pod is gone).
+            "ownerReferences": [owner_reference(cluster, controller=True)],
+        },
+        "spec": spec,
+    }
+
+
+def effective_template(cluster: Obj, machine: Obj) -> Obj:
+    """The cluster's machineTemplate with the machine's spec.template over it."""
+    result = copy.deepcopy(cluster["spec"]["machineTemplate"])
+    for key, value in ((machine.get("spec") or {}).get("template") or {}).items():
+        if key in MERGED_TEMPLATE_MAPS:
+            result[key] = {**(result.get(key) or {}), **value}
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def render_pod(machine: Obj, cluster: Obj) -> Obj:
+    """The node Pod of MACHINE: a privileged container running containerd and a kubelet
+    (the image's job), with the state a node keeps on fresh volumes of its own."""
+    name = machine["metadata"]["name"]
+    namespace = machine["metadata"]["namespace"]
+    cluster_name = cluster["metadata"]["name"]
+    template = effective_template(cluster, machine)
+    cluster_spec = cluster["spec"]
+    network = cluster_spec.get("network") or {}
+    endpoint = cluster_spec.get("controlPlaneEndpoint") or {}
+
+    env = [
+        {"name": "HN_NODE_NAME", "value": name},
+        {"name": "HN_CLUSTER", "value": cluster_name},
+        {"name": "HN_POD_CIDR", "value": network.get("podCIDR", "")},
+        {"name": "HN_SERVICE_CIDR", "value": network.get("serviceCIDR", "")},
+        {"name": "HN_SERVICE_DOMAIN", "value": network.get("serviceDomain", "")},
+        {"name": "HN_KUBELET_VERSION", "value": template.get("kubeletVersion", "")},
+        {
+            "name": "HN_NODE_LABELS",
+            "value": ",".join(f"{k}={v}" for k, v in sorted((template.get("nodeLabels") or {}).items())),
+        },
+        {
+            "name": "HN_NODE_TAINTS",
+            "value": ",".join(
+                f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in template.get("nodeTaints") or []
+            ),
+        },
+    ]
+    if endpoint:
+        env.append({"name": "HN_CONTROL_PLANE_ENDPOINT", "value": f"{endpoint['host']}:{endpoint['port']}"})
+    # A node's runtime and kubelet state lives in the Pod and goes with it; /run and /tmp
+    # are tmpfs as on a real host, and the host's kernel modules are visible read-only.
+    state_dirs = {
+        "containerd": "/var/lib/containerd",
+        "kubelet": "/var/lib/kubelet",
+        "logs": "/var/log",
+    }
+    volumes: List[Obj] = [{"name": v, "emptyDir": {}} for v in state_dirs]
+    volumes += [
+        {"name": "run", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory"}},
+        {"name": "modules", "hostPath": {"path": "/lib/modules", "type": "Directory"}},
+    ]
+    mounts: List[Obj] = [{"name": v, "mountPath": p} for v, p in state_dirs.items()]
+    mounts += [
+        {"name": "run", "mountPath": "/run"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "modules", "mountPath": "/lib/modules", "readOnly": True},
+    ]
+    container: Obj = {
+        "name": NODE_CONTAINER,
+        "image": template["image"],
+        "env": env,
+        "securityContext": {"privileged": True},
+        "volumeMounts": mounts,
+    }
+    if template.get("imagePullPolicy"):
+        container["imagePullPolicy"] = template["imagePullPolicy"]
+    if template.get("resources"):
+        container["resources"] = copy.deepcopy(template["resources"])
+
+    spec: Obj = {
+        "hostname": name,
+        "containers": [container],
+        "volumes": volumes,
+        # A node is restarted in place, never rescheduled: the Pod is the machine.
+        "restartPolicy": "Always",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        if template.get(key):
+            spec[key] = copy.deepcopy(template[key])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                **(template.get("podLabels") or {}),
+                **MANAGED_BY,
+                "app.kubernetes.io/name": "hosted-node",
+                CLUSTER_LABEL: cluster_name,
+                MACHINE_LABEL: name,
+            },
+            "ownerReferences": [owner_reference(machine, controller=True)],
+        },
+        "spec": spec,
+    }
+
+
+# -- status --------------------------------------------------------------------------
+def _pod_condition(pod: Obj, type_: str) -> Obj | None:
+    return next((c for c in status_of(pod).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def _container_trouble(pod: Obj) -> Obj | None:
+    """The node container's waiting or terminated state when it is not running."""
+    for cs in status_of(pod).get("containerStatuses") or []:
+        if cs.get("name") != NODE_CONTAINER:
+            continue
+        state = cs.get("state") or {}
+        return state.get("waiting") or state.get("terminated")
+    return None
+
+
+def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: str = "") -> Obj:
+    """HnMachine status from what exists: its Pod and, once known, its tenant Node.
+    Nothing is assumed: no Pod means Pending, whatever happened before."""
+    now = now or now_rfc3339()
+    previous = status_of(machine).get("conditions") or []
+    generation = meta(machine, "generation") or 0
+    name = machine["metadata"]["name"]
+    status: Obj = {"observedGeneration": generation, "ready": False}
+    failure = None  # (reason, message)
+
+    pod_status = status_of(pod)
+    scheduled = _pod_condition(pod, "PodScheduled") if pod else None
+    pod_ready = _pod_condition(pod, "Ready") if pod else None
+    if pod:
+        status["podName"] = pod["metadata"]["name"]
+        for src, dst in (("podIP", "podIP"), ("hostIP", "hostIP")):
+            if pod_status.get(src):
+                status[dst] = pod_status[src]
+        if pod["spec"].get("nodeName"):
+            status["hostNodeName"] = pod["spec"]["nodeName"]
+        addresses = [{"type": "Hostname", "address": name}]
+        if pod_status.get("podIP"):
+            addresses.insert(0, {"type": "InternalIP", "address": pod_status["podIP"]})
+        status["addresses"] = addresses
+
+    trouble = _container_trouble(pod) if pod else None
+    if meta(machine, "deletionTimestamp"):
+        phase = "Deleting"
+    elif pod is None:
+        phase = "Pending"
+    elif meta(pod, "deletionTimestamp"):
+        phase, failure = "Failed", ("PodDeleted", f"the node Pod {name} is being deleted")
+    elif pod_status.get("phase") in ("Failed", "Succeeded"):
+        reason = pod_status.get("reason") or "PodExited"
+        phase, failure = (
+            "Failed",
+            (reason, pod_status.get("message") or f"the node Pod ended ({pod_status['phase']})"),
+        )
+    elif trouble and trouble.get("reason") in TERMINAL_WAITING_REASONS:
+        phase, failure = "Failed", (trouble["reason"], trouble.get("message") or trouble["reason"])
+    elif pod_status.get("phase") == "Running":
+        phase = "Running"
+        status["ready"] = bool(pod_ready and pod_ready.get("status") == "True")
+        node_ready = _node_ready(node)
+        if node_ready and status["ready"]:
+            phase = "Ready"
+    else:
+        phase = "Provisioning"
+    if node:
+        status["nodeName"] = node["metadata"]["name"]
+    status["phase"] = phase
+    if failure:
+        status["failureReason"], status["failureMessage"] = failure
+
+    conditions = [
+        condition(
+            previous,
+            "PodScheduled",
+            bool(scheduled and scheduled.get("status") == "True"),
+            (scheduled or {}).get("reason")
+            or ("Scheduled" if scheduled else "NotScheduledYet" if pod else "NoPod"),
+            (scheduled or {}).get("message") or ("" if pod else "the node Pod does not exist"),
+            now=now,
+            generation=generation,
+        ),
+        condition(
+            previous,
+            "PodReady",
+            status["ready"],
+            (trouble or {}).get("reason") or ("Ready" if status["ready"] else "NotReady"),
+            (trouble or {}).get("message") or (pod_ready or {}).get("message") or "",
+            now=now,
+            generation=generation,
+        ),
+    ]
+    status["conditions"] = conditions
+    return status
+
+
+def _node_ready(node: Obj | None) -> bool:
+    for c in status_of(node).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
+
+
+def reached(phase: str, wanted: str) -> bool:
+    return phase == wanted or PROGRESS.get(phase, -1) >= PROGRESS.get(wanted, 99)
+
+
+# -- apply / wait ----------------------------------------------------------------------
+@dataclass
+class Outcome:
+    changed: bool = False
+    before: Obj | None = None
+    after: Obj | None = None
+    pod_created: bool = False
+    messages: List[str] = field(default_factory=list)
+
+
+def read_cluster(kube: Kube, namespace: str, name: str) -> Obj:
+    cluster = kube.get(HNCLUSTER.path(namespace, name))
+    if cluster is None:
+        raise MachineError(
+            f"cluster: HnCluster {namespace}/{name} does not exist; create it first"
+            " (rhizeption.core.hncluster) or name an existing one"
+        )
+    return cluster
+
+
+def write_status(kube: Kube, machine: Obj, status: Obj) -> Obj:
+    """Apply STATUS through the status subresource (skipped when nothing changed, so a
+    steady machine costs no write)."""
+    if status_of(machine) == status:
+        return machine
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "HnMachine",
+        "metadata": {"name": machine["metadata"]["name"]},
+        "status": status,
+    }
+    path = HNMACHINE.path(machine["metadata"]["namespace"], machine["metadata"]["name"], "status")
+    return kube.apply(path, body, what=f"HnMachine {machine['metadata']['name']} status")
+
+
+def refresh_status(kube: Kube, machine: Obj) -> Obj:
+    """Read the machine's Pod and write the status it implies."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    pod = kube.get(POD.path(ns, name))
+    return write_status(kube, machine, derive_status(machine, pod))
+
+
+def ensure_present(
+    kube: Kube,
+    desired: Obj,
+    cluster: Obj,
+    *,
+    check_mode: bool = False,
+    wait_for: str | None = None,
+    timeout: float = 300,
+) -> Outcome:
+    """Make the HnMachine DESIRED exist with its Pod, and write its status. With WAIT_FOR,
+    follow the Pod until the machine reaches that phase (or a later one)."""
+    ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+    path = HNMACHINE.path(ns, name)
+    out = Outcome(before=kube.get(path))
+    if meta(out.before, "deletionTimestamp"):
+        raise MachineError(f"HnMachine {ns}/{name} is being deleted; wait for it to go, then create it again")
+    applied = kube.apply(path, desired, dry_run=check_mode, what=f"HnMachine {ns}/{name}")
+    out.changed = _user_view(out.before) != _user_view(applied)
+    out.after = applied
+    if check_mode:
+        pod = kube.get(POD.path(ns, name)) if out.before else None
+        if pod is None:
+            out.changed = True
+            out.messages.append(f"would create the node Pod {ns}/{name}")
+        return out
+
+    if not status_of(applied):
+        # A new machine says so before it has a Pod: it is Pending.
+        applied = write_status(kube, applied, derive_status(applied, None))
+    pod, out.pod_created = ensure_pod(kube, applied, cluster, timeout, created_machine=out.before is None)
+    out.changed = out.changed or out.pod_created
+    out.after = write_status(kube, applied, derive_status(applied, pod))
+    if wait_for:
+        out.after = wait_for_phase(kube, out.after, wait_for, timeout)
+    return out
+
+
+def ensure_pod(
+    kube: Kube, machine: Obj, cluster: Obj, timeout: float, *, created_machine: bool = False
+) -> Tuple[Obj, bool]:
+    """The machine's node Pod, created when missing: (pod, created). A Pod is never
+    changed in place (most of its spec is immutable): the machine is replaced instead."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    pod = kube.get(POD.path(ns, name))
+    if pod is not None and not meta(pod, "deletionTimestamp"):
+        if not _owned_by(pod, machine):
+            raise MachineError(
+                f"Pod {ns}/{name} exists but does not belong to HnMachine {ns}/{name};"
+                " remove that Pod or give the machine another name"
+            )
+        return pod, False
+    if pod is not None:
+        _wait_gone(kube, POD.path(ns), name, timeout)
+    try:
+        pod = kube.request(
+            "POST", POD.path(ns), body=render_pod(machine, cluster), what=f"create the node Pod {ns}/{name}"
+        )
+    except KubeError as e:
+        if created_machine:
+            # Nothing half-made: a machine that never got its Pod is taken back.
+            _remove_finalizer(kube, machine)
+            kube.delete(HNMACHINE.path(ns, name), uid=machine["metadata"]["uid"])
+        else:
+            failed = {
+                **derive_status(machine, None),
+                "phase": "Failed",
+                "failureReason": "PodCreateFailed",
+                "failureMessage": str(e),
+            }
+            write_status(kube, machine, failed)
+        raise MachineError(str(e)) from e
+    return pod, True
+
+
+def wait_for_phase(kube: Kube, machine: Obj, wanted: str, timeout: float) -> Obj:
+    """Watch the machine's Pod, writing status on every change, until the machine reaches
+    WANTED (or later) or fails."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    current = {"machine": machine}
+
+    def on_event(pods: Dict[str, Obj]) -> None:
+        current["machine"] = write_status(
+            kube, current["machine"], derive_status(current["machine"], pods.get(name))
+        )
+
+    def done(_pods: Dict[str, Obj]) -> bool:
+        phase = status_of(current["machine"]).get("phase", "")
+        return phase == "Failed" or reached(phase, wanted)
+
+    ok, _ = kube.wait(POD.path(ns), done, timeout, field_selector=f"metadata.name={name}", on_event=on_event)
+    st = status_of(current["machine"])
+    if st.get("phase") == "Failed" and wanted != "Failed":
+        raise MachineError(
+            f"HnMachine {ns}/{name} failed: {st.get('failureReason')}: {st.get('failureMessage')}"
+        )
+    if not ok:
+        reasons = "; ".join(
+            f"{c['type']}={c['status']} ({c.get('reason')}: {c.get('message')})"
+            for c in st.get("conditions") or []
+        )
+        raise MachineError(
+            f"HnMachine {ns}/{name} is {st.get('phase')} after {timeout:.0f} s, not {wanted}: {reasons}"
+        )
+    return current["machine"]
+
+
+def ensure_absent(
+    kube: Kube, namespace: str, name: str, *, check_mode: bool = False, timeout: float = 300
+) -> Outcome:
+    """Delete an HnMachine in order: mark it Deleting, delete its Pod and wait until the Pod
+    is gone, release our finalizer, then wait until the machine is gone (other
+    finalizers are honoured). A machine that does not exist is no change."""
+    path = HNMACHINE.path(namespace, name)
+    machine = kube.get(path)
+    out = Outcome(before=machine)
+    if machine is None:
+        return out
+    out.changed = True
+    if check_mode:
+        return out
+    if not meta(machine, "deletionTimestamp"):
+        machine = (
+            kube.delete(path, uid=machine["metadata"]["uid"], what=f"delete HnMachine {namespace}/{name}")
+            or machine
+        )
+    if MACHINE_FINALIZER in (meta(machine, "finalizers") or []):
+        pod = kube.get(POD.path(namespace, name))
+        machine = write_status(kube, machine, derive_status(machine, pod))
+        if pod is not None and _owned_by(pod, machine):
+            kube.delete(
+                POD.path(namespace, name),
+                uid=pod["metadata"]["uid"],
+                what=f"delete the node Pod {namespace}/{name}",
+            )
+            _wait_gone(kube, POD.path(namespace), name, timeout)
+        _remove_finalizer(kube, machine)
+    _wait_gone(kube, HNMACHINE.path(namespace), name, timeout, what="HnMachine")
+    return out
+
+
+def _owned_by(pod: Obj, machine: Obj) -> bool:
+    return any(r.get("uid") == machine["metadata"]["uid"] for r in meta(pod, "ownerReferences") or [])
+
+
+def _remove_finalizer(kube: Kube, machine: Obj) -> None:
+    """Drop our finalizer only, with a test op so a concurrent change is not overwritten."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    path = HNMACHINE.path(ns, name)
+    for _attempt in range(5):
+        current = kube.get(path)
+        finalizers = meta(current, "finalizers") or []
+        if current is None or MACHINE_FINALIZER not in finalizers:
+            return
+        ops = [
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {
+                "op": "replace",
+                "path": "/metadata/finalizers",
+                "value": [f for f in finalizers if f != MACHINE_FINALIZER],
+            },
+        ]
+        try:
+            kube.json_patch(path, ops, what=f"release the finalizer of HnMachine {ns}/{name}")
+            return
+        except KubeError as e:
+            if e.status == 404:
+                return
+            if e.status not in (409, 422):  # 422: the test op lost a race; read again
+                raise
+    raise MachineError(f"could not release the finalizer of HnMachine {ns}/{name}: it keeps changing")
+
+
+def _wait_gone(kube: Kube, collection: str, name: str, timeout: float, what: str = "Pod") -> None:
+    ok, objects = kube.wait(
+        collection, lambda objs: name not in objs, timeout, field_selector=f"metadata.name={name}"
+    )
+    if not ok:
+        left = meta(objects.get(name), "finalizers") or []
+        raise MachineError(
+            f"{what} {name} still exists after {timeout:.0f} s"
+            + (f"; it waits for the finalizers {', '.join(left)}" if left else "")
+        )
+
+
+def _user_view(machine: Obj | None) -> Obj | None:
+    """What a user asks for of a machine: a change here is a change of the task."""
+    if machine is None:
+        return None
+    md = machine["metadata"]
+    return {
+        "labels": md.get("labels") or {},
+        "annotations": md.get("annotations") or {},
+        "finalizers": md.get("finalizers") or [],
+        "spec": machine.get("spec") or {},
+    }
+
+
+def user_view(machine: Obj | None) -> Obj | None:
+    """For diff mode: the fields a task sets, plus the status it reports."""
+    view = _user_view(machine)
+    if view is not None and machine is not None:
+        view = {"metadata": {"name": machine["metadata"]["name"], **view}, "status": status_of(machine)}
+    return view

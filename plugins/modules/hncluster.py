@@ -1,0 +1,209 @@
+#!/usr/bin/python
+# Copyright: rhizeption.core contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: hncluster
+short_description: Manage a cluster of hosted nodes (an HnCluster and its HnMachines)
+version_added: 0.1.0
+description:
+  - Creates, updates, scales or deletes an C(HnCluster) of the C(hn.rhizeption.io/v1alpha1) API, a group of
+    hosted nodes (C(HnMachine)s, each a privileged Pod of the host cluster running containerd and a kubelet)
+    built from one machine template that join one tenant control plane.
+  - Scaling up creates machines named C(<name>-<index>) at the lowest free indices. Scaling down deletes the
+    least disruptive machines first. That means machines annotated C(hn.rhizeption.io/delete-machine), then
+    failed ones, then those not yet running, then running but not ready ones, and only then ready ones. Among
+    equals the newest go first.
+  - Every machine is handled by the same core as M(rhizeption.core.hnmachine). A machine whose Pod is gone
+    gets a new one. The cluster's status (replicas, readyReplicas, phase, conditions) is derived from its
+    machines and written through the status subresource.
+  - O(state=absent) deletes the machines one by one, each with its Pod first, then the cluster. Deleting a
+    cluster that does not exist is no change.
+  - Check mode sends the cluster to the API server as a dry run and reports which machines would be created
+    or deleted, without writing. Diff mode shows the cluster before and after.
+author:
+  - rhizeption.core developers
+options:
+  name:
+    description: Name of the HnCluster; its machines are named C(<name>-<index>).
+    type: str
+    required: true
+  namespace:
+    description: Namespace of the HnCluster and its machines.
+    type: str
+    required: true
+  state:
+    description: Whether the cluster should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  spec:
+    description:
+      - The cluster's C(spec), with the CRD's field names (camelCase). C(machineTemplate.image) is required.
+        The other fields are C(controlPlaneEndpoint) (C(host), C(port)), C(controlPlaneRef) (C(name),
+        C(namespace)), C(network) (C(podCIDR), C(serviceCIDR), C(serviceDomain); immutable) and C(replicas).
+      - See C(docs/crd-reference.md) for every field. The API server validates it and names the field of
+        any error.
+      - Required when O(state=present).
+    type: dict
+  replicas:
+    description: How many machines the cluster has. Overrides C(spec.replicas).
+    type: int
+  labels:
+    description: Labels of the HnCluster.
+    type: dict
+  wait:
+    description:
+      - Wait until every machine is ready, following their Pods with a watch; fail early when one fails.
+    type: bool
+    default: false
+  wait_timeout:
+    description: Seconds to wait, for O(wait) and for each deletion.
+    type: int
+    default: 300
+extends_documentation_fragment:
+  - kubernetes.core.k8s_auth_options
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  action_group:
+    support: full
+    membership: [rhizeption.core.k8s]
+requirements:
+  - kubernetes >= 24.2.0 (Python)
+notes:
+  - The HnMachine and HnCluster CRDs must be installed, for example with the C(rhizeption.core.crds) role.
+  - A change of C(machineTemplate) applies to machines created afterwards; existing machines keep their Pod.
+seealso:
+  - module: rhizeption.core.hnmachine
+  - module: rhizeption.core.hnmachine_info
+"""
+
+EXAMPLES = r"""
+- name: Three hosted nodes for the blue tenant
+  rhizeption.core.hncluster:
+    kubeconfig: ~/.kube/host-cluster
+    namespace: tenants
+    name: blue
+    replicas: 3
+    spec:
+      controlPlaneRef: {name: blue}
+      controlPlaneEndpoint: {host: blue-apiserver.tenants.svc, port: 6443}
+      network: {podCIDR: 10.244.0.0/16, serviceCIDR: 10.96.0.0/16}
+      machineTemplate:
+        image: localhost/rhizeption/hosted-node:v1.34.4
+        imagePullPolicy: Never
+        kubeletVersion: v1.34.4
+        resources:
+          requests: {cpu: 500m, memory: 1Gi}
+    wait: true
+
+- name: Scale it down to one (failed and unready machines go first)
+  rhizeption.core.hncluster:
+    namespace: tenants
+    name: blue
+    replicas: 1
+    spec:
+      machineTemplate:
+        image: localhost/rhizeption/hosted-node:v1.34.4
+
+- name: Remove the cluster and all its machines
+  rhizeption.core.hncluster:
+    namespace: tenants
+    name: blue
+    state: absent
+"""
+
+RETURN = r"""
+cluster:
+  description: The HnCluster as the API server returned it last (in check mode, as it would be).
+  returned: when O(state=present)
+  type: dict
+created:
+  description: The machines the task created (in check mode, would create).
+  returned: always
+  type: list
+  elements: str
+  sample: [blue-2]
+deleted:
+  description: The machines the task deleted (in check mode, would delete), in the order it deleted them.
+  returned: always
+  type: list
+  elements: str
+machines:
+  description: Name, phase and readiness of each machine of the cluster after the task.
+  returned: when O(state=present)
+  type: list
+  elements: dict
+  sample: [{name: blue-0, phase: Running, ready: true}]
+"""
+
+from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, hncluster  # noqa: E402
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import status_of  # noqa: E402
+from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import MachineError  # noqa: E402
+
+
+def main() -> None:
+    mod = hn_module.module(
+        dict(
+            name=dict(type="str", required=True),
+            namespace=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            spec=dict(type="dict"),
+            replicas=dict(type="int"),
+            labels=dict(type="dict"),
+            wait=dict(type="bool", default=False),
+            wait_timeout=dict(type="int", default=hn_module.WAIT_TIMEOUT),
+        ),
+        required_if=[("state", "present", ["spec"])],
+    )
+    p = mod.params
+    if p["replicas"] is not None and p["replicas"] < 0:
+        mod.fail_json(msg=f"replicas: must be 0 or more, got {p['replicas']}")
+
+    def body(kube):
+        if p["state"] == "absent":
+            out = hncluster.ensure_absent(
+                kube, p["namespace"], p["name"], check_mode=mod.check_mode, timeout=p["wait_timeout"]
+            )
+            result = {"changed": out.changed, "created": [], "deleted": out.plan.delete}
+            if mod._diff:
+                result["diff"] = {"before": hncluster.user_view(out.before) or {}, "after": {}}
+            return result
+        spec = dict(p["spec"])
+        if p["replicas"] is not None:
+            spec["replicas"] = p["replicas"]
+        desired = hncluster.render_cluster(p["name"], p["namespace"], spec, labels=p["labels"])
+        out = hncluster.ensure_present(
+            kube, desired, check_mode=mod.check_mode, wait=p["wait"], timeout=p["wait_timeout"]
+        )
+        result = {
+            "changed": out.changed,
+            "cluster": out.after,
+            "created": out.plan.create,
+            "deleted": out.plan.delete,
+            "machines": [
+                {
+                    "name": m["metadata"]["name"],
+                    "phase": status_of(m).get("phase", "Pending"),
+                    "ready": bool(status_of(m).get("ready")),
+                }
+                for m in out.machines
+            ],
+        }
+        if mod._diff:
+            result["diff"] = {
+                "before": hncluster.user_view(out.before) or {},
+                "after": hncluster.user_view(out.after) or {},
+            }
+        return result
+
+    hn_module.run(mod, body, hncluster.ClusterError, MachineError)
+
+
+if __name__ == "__main__":
+    main()
