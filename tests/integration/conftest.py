@@ -56,6 +56,17 @@ class PlaybookRun:
         ]
 
     @property
+    def failures(self) -> list[str]:
+        """'task: message' of every failed task, for assertion messages."""
+        return [
+            f"{task['task']['name']}: {result.get('msg')}"
+            for play in self.output["plays"]
+            for task in play["tasks"]
+            for result in task["hosts"].values()
+            if result.get("failed")
+        ]
+
+    @property
     def changed(self) -> int:
         return sum(s["changed"] for s in self.output["stats"].values())
 
@@ -106,3 +117,91 @@ def run_playbook(control_plane: ControlPlane):
         return PlaybookRun(result.returncode, output, result.stderr)
 
     return run
+
+
+PLAYBOOKS = Path(__file__).parent / "playbooks"
+
+
+@pytest.fixture(scope="session")
+def hn_crds(run_playbook) -> PlaybookRun:
+    """The hn.rhizeption.io CRDs, installed by the rhizeption.core.crds role; the result
+    is that first run's. They stay for the session (every hn test shares them)."""
+    run = run_playbook(PLAYBOOKS / "crds.yml")
+    assert run.rc == 0, run.failures or run.stderr
+    return run
+
+
+KWOK_NODE_LABELS = {"type": "kwok", "hn.rhizeption.io/test-host": "kwok"}
+
+
+@pytest.fixture(scope="session")
+def kwok_node(api_client: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A host-cluster Node simulated by kwok: Pods bound to it are reported Running
+    without running containers. Pods reach it with KWOK_PLACEMENT."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    name = "hn-kwok-0"
+    core.create_node(
+        {
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": KWOK_NODE_LABELS,
+            },
+            "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        }
+    )
+    try:
+        for event in kubernetes.watch.Watch().stream(
+            core.list_node, field_selector=f"metadata.name={name}", timeout_seconds=60
+        ):
+            conditions = {c.type: c.status for c in event["object"].status.conditions or []}
+            if conditions.get("Ready") == "True":
+                break
+        else:
+            pytest.fail(f"kwok did not make Node {name} Ready in 60 s")
+        yield name
+    finally:
+        core.delete_node(name)
+
+
+# What a machine template needs to land on the kwok Node.
+KWOK_PLACEMENT = {
+    "nodeSelector": {"hn.rhizeption.io/test-host": "kwok"},
+    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+@pytest.fixture
+def namespace(api_client: kubernetes.client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the test's own, deleted afterwards whatever happened."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower()).strip("-")
+    name = f"t-{base[:40].strip('-')}-{os.urandom(2).hex()}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        _release_machines(api_client, name)
+        core.delete_namespace(name, propagation_policy="Background")
+
+
+def _release_machines(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
+    """Drop the finalizers of HnMachines a failed test left, or the namespace would wait
+    for them forever (no controller runs to release them)."""
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    try:
+        machines = custom.list_namespaced_custom_object(
+            "hn.rhizeption.io", "v1alpha1", namespace, "hnmachines"
+        )
+    except kubernetes.client.ApiException:
+        return  # no CRDs in this session
+    for m in machines["items"]:
+        if m["metadata"].get("finalizers"):
+            custom.patch_namespaced_custom_object(
+                "hn.rhizeption.io",
+                "v1alpha1",
+                namespace,
+                "hnmachines",
+                m["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+            )

@@ -1,0 +1,109 @@
+"""HnCluster scale planning and status: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.rhizeption.core.plugins.module_utils import hncluster
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import DELETE_MACHINE_ANNOTATION
+
+NOW = "2026-11-23T10:00:00Z"
+
+
+def machine(
+    name, phase="Running", ready=True, created="2026-11-23T09:00:00Z", annotations=None, deleting=False
+):
+    md = {"name": name, "creationTimestamp": created, "annotations": annotations or {}}
+    if deleting:
+        md["deletionTimestamp"] = NOW
+    return {"metadata": md, "status": {"phase": phase, "ready": ready}}
+
+
+def cluster(replicas=3, **md):
+    return {
+        "metadata": {"name": "blue", "namespace": "t", "generation": 2, **md},
+        "spec": {"replicas": replicas},
+    }
+
+
+def test_scale_up_takes_the_lowest_free_indices():
+    plan = hncluster.plan_scale("blue", 4, [machine("blue-1"), machine("blue-3")])
+    assert plan.create == ["blue-0", "blue-2"] and plan.delete == []
+
+
+def test_scale_up_does_not_reuse_the_name_of_a_machine_being_deleted():
+    plan = hncluster.plan_scale("blue", 1, [machine("blue-0", deleting=True)])
+    assert plan.create == ["blue-1"]
+
+
+def test_no_change_at_the_desired_count():
+    plan = hncluster.plan_scale("blue", 2, [machine("blue-0"), machine("blue-1")])
+    assert plan.create == [] and plan.delete == []
+
+
+def test_scale_down_takes_the_least_disruptive_first():
+    machines = [
+        machine("blue-0", "Running", True),
+        machine("blue-1", "Running", False),
+        machine("blue-2", "Failed", False),
+        machine("blue-3", "Provisioning", False),
+        machine("blue-4", "Running", True, annotations={DELETE_MACHINE_ANNOTATION: ""}),
+        machine("blue-5", "Running", True),
+    ]
+    plan = hncluster.plan_scale("blue", 1, machines)
+    assert plan.delete == ["blue-4", "blue-2", "blue-3", "blue-1", "blue-5"]
+
+
+def test_scale_down_takes_the_newest_among_equals():
+    machines = [
+        machine("blue-0", created="2026-11-23T09:00:00Z"),
+        machine("blue-1", created="2026-11-23T09:30:00Z"),
+        machine("blue-10", created="2026-11-23T09:30:00Z"),
+        machine("blue-2", created="2026-11-23T09:10:00Z"),
+    ]
+    # Same second: the higher index is the newer (blue-10 after blue-1).
+    assert hncluster.plan_scale("blue", 2, machines).delete == ["blue-10", "blue-1"]
+
+
+def test_machines_being_deleted_do_not_count():
+    machines = [machine("blue-0"), machine("blue-1", deleting=True)]
+    plan = hncluster.plan_scale("blue", 1, machines)
+    assert plan.create == [] and plan.delete == []
+
+
+def test_a_name_that_makes_hostnames_too_long_is_refused():
+    hncluster.check_name("a" * 61, 10)  # a...-9: 63 characters
+    with pytest.raises(hncluster.ClusterError, match=r"name: .* 63 characters"):
+        hncluster.check_name("a" * 61, 11)
+
+
+@pytest.mark.parametrize(
+    ("machines", "replicas", "phase", "ready"),
+    [
+        ([], 2, "Pending", False),
+        ([machine("blue-0"), machine("blue-1", "Provisioning", False)], 2, "Provisioning", False),
+        ([machine("blue-0"), machine("blue-1")], 2, "Ready", True),
+        ([machine("blue-0"), machine("blue-1", "Failed", False)], 2, "Failed", False),
+        ([machine("blue-0"), machine("blue-1")], 1, "Provisioning", False),  # one more than wanted
+        ([], 0, "Ready", True),
+    ],
+)
+def test_cluster_status_from_its_machines(machines, replicas, phase, ready):
+    status = hncluster.derive_status(cluster(replicas), machines, now=NOW)
+    assert (status["phase"], status["ready"]) == (phase, ready)
+    assert status["replicas"] == len(machines)
+    assert status["selector"] == "hn.rhizeption.io/cluster=blue"
+    (cond,) = status["conditions"]
+    assert cond["type"] == "MachinesReady" and cond["status"] == ("True" if ready else "False")
+    assert cond["observedGeneration"] == 2
+
+
+def test_failed_machines_are_named_in_the_condition():
+    status = hncluster.derive_status(
+        cluster(2), [machine("blue-0"), machine("blue-1", "Failed", False)], now=NOW
+    )
+    assert status["conditions"][0]["message"] == "1 of 2 machines ready; failed: blue-1"
+
+
+def test_a_cluster_being_deleted_says_so():
+    status = hncluster.derive_status(cluster(2, deletionTimestamp=NOW), [machine("blue-0")], now=NOW)
+    assert status["phase"] == "Deleting"

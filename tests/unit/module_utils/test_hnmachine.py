@@ -1,0 +1,243 @@
+"""HnMachine render and status derivation: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
+    CLUSTER_LABEL,
+    MACHINE_FINALIZER,
+    MACHINE_LABEL,
+)
+
+NOW = "2026-11-23T10:00:00Z"
+LATER = "2026-11-23T10:05:00Z"
+
+
+def cluster(**template):
+    return {
+        "apiVersion": "hn.rhizeption.io/v1alpha1",
+        "kind": "HnCluster",
+        "metadata": {"name": "blue", "namespace": "tenants", "uid": "cluster-uid"},
+        "spec": {
+            "replicas": 2,
+            "controlPlaneEndpoint": {"host": "blue-api.tenants.svc", "port": 6443},
+            "network": {
+                "podCIDR": "10.244.0.0/16",
+                "serviceCIDR": "10.96.0.0/16",
+                "serviceDomain": "cluster.local",
+            },
+            "machineTemplate": {
+                "image": "localhost/rhizeption/hosted-node:v1.34.4",
+                "nodeLabels": {"tier": "edge", "zone": "a"},
+                "nodeSelector": {"type": "kwok"},
+                **template,
+            },
+        },
+    }
+
+
+def machine(name="blue-0", template=None, **meta):
+    m = hnmachine.render_machine(name, "tenants", cluster(), template=template)
+    m["metadata"].update({"uid": f"{name}-uid", "generation": 1, **meta})
+    return m
+
+
+def pod(
+    phase="Pending", scheduled=None, ready=None, waiting=None, terminated=None, ip=None, node=None, **meta
+):
+    conditions = []
+    if scheduled is not None:
+        conditions.append(
+            {
+                "type": "PodScheduled",
+                "status": "True" if scheduled else "False",
+                "reason": None if scheduled else "Unschedulable",
+                "message": None if scheduled else "0/3 nodes are available",
+            }
+        )
+    if ready is not None:
+        conditions.append({"type": "Ready", "status": "True" if ready else "False"})
+    statuses = []
+    if waiting or terminated:
+        state = {"waiting": waiting} if waiting else {"terminated": terminated}
+        statuses.append({"name": "node", "state": state})
+    status = {"phase": phase, "conditions": conditions, "containerStatuses": statuses}
+    if ip:
+        status.update(podIP=ip, hostIP="192.0.2.10")
+    return {
+        "metadata": {"name": "blue-0", "namespace": "tenants", **meta},
+        "spec": {"nodeName": node} if node else {},
+        "status": status,
+    }
+
+
+# -- render ------------------------------------------------------------------------------
+def test_machine_carries_cluster_label_finalizer_and_owner():
+    m = hnmachine.render_machine(
+        "blue-0", "tenants", cluster(), labels={"team": "a"}, provider_id="hn://tenants/blue-0"
+    )
+    assert m["spec"] == {"clusterName": "blue", "providerID": "hn://tenants/blue-0"}
+    assert m["metadata"]["labels"][CLUSTER_LABEL] == "blue"
+    assert m["metadata"]["labels"]["team"] == "a"
+    assert m["metadata"]["finalizers"] == [MACHINE_FINALIZER]
+    (owner,) = m["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "HnCluster",
+        "blue",
+        "cluster-uid",
+        True,
+    )
+
+
+def test_machine_template_merges_maps_and_replaces_the_rest():
+    m = machine(
+        template={
+            "image": "other:1",
+            "nodeLabels": {"zone": "b", "gpu": "yes"},
+            "tolerations": [{"operator": "Exists"}],
+        }
+    )
+    t = hnmachine.effective_template(cluster(), m)
+    assert t["image"] == "other:1"
+    assert t["nodeLabels"] == {"tier": "edge", "zone": "b", "gpu": "yes"}
+    assert t["nodeSelector"] == {"type": "kwok"}
+    assert t["tolerations"] == [{"operator": "Exists"}]
+
+
+def test_effective_template_does_not_change_the_cluster():
+    c = cluster()
+    before = copy.deepcopy(c)
+    hnmachine.effective_template(c, machine(template={"nodeLabels": {"zone": "b"}}))
+    assert c == before
+
+
+def test_pod_is_privileged_owned_labelled_and_keeps_node_state_in_its_own_volumes():
+    m = machine(
+        template={"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}, "imagePullPolicy": "Never"}
+    )
+    p = hnmachine.render_pod(m, cluster())
+    assert p["metadata"]["name"] == "blue-0" and p["metadata"]["namespace"] == "tenants"
+    labels = p["metadata"]["labels"]
+    assert labels[CLUSTER_LABEL] == "blue" and labels[MACHINE_LABEL] == "blue-0"
+    (owner,) = p["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["blockOwnerDeletion"]) == ("HnMachine", "blue-0-uid", True)
+    spec = p["spec"]
+    assert spec["hostname"] == "blue-0"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["nodeSelector"] == {"type": "kwok"}
+    (c,) = spec["containers"]
+    assert c["name"] == hnmachine.NODE_CONTAINER
+    assert c["securityContext"] == {"privileged": True}
+    assert c["imagePullPolicy"] == "Never"
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    mounts = {v["mountPath"]: v["name"] for v in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for path in ("/var/lib/containerd", "/var/lib/kubelet", "/run"):
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert volumes[mounts["/lib/modules"]]["hostPath"]["path"] == "/lib/modules"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HN_CONTROL_PLANE_ENDPOINT"] == "blue-api.tenants.svc:6443"
+    assert env["HN_NODE_LABELS"] == "tier=edge,zone=a"
+    assert env["HN_POD_CIDR"] == "10.244.0.0/16"
+
+
+def test_pod_leaves_out_what_the_template_does_not_set():
+    p = hnmachine.render_pod(machine(), cluster())
+    (c,) = p["spec"]["containers"]
+    assert "resources" not in c and "imagePullPolicy" not in c
+    assert "tolerations" not in p["spec"]
+
+
+# -- status ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("the_pod", "phase", "ready"),
+    [
+        (None, "Pending", False),
+        (pod("Pending", scheduled=False), "Provisioning", False),
+        (pod("Pending", scheduled=True, waiting={"reason": "ContainerCreating"}), "Provisioning", False),
+        (pod("Pending", scheduled=True, waiting={"reason": "ImagePullBackOff"}), "Provisioning", False),
+        (pod("Running", scheduled=True, ready=False, ip="10.0.0.5"), "Running", False),
+        (pod("Running", scheduled=True, ready=True, ip="10.0.0.5", node="host-1"), "Running", True),
+        (pod("Failed"), "Failed", False),
+        (
+            pod(
+                "Pending",
+                scheduled=True,
+                waiting={"reason": "ErrImageNeverPull", "message": "image not present"},
+            ),
+            "Failed",
+            False,
+        ),
+    ],
+)
+def test_phase_follows_the_pod(the_pod, phase, ready):
+    status = hnmachine.derive_status(machine(), the_pod, now=NOW)
+    assert (status["phase"], status["ready"]) == (phase, ready)
+    if phase == "Failed":
+        assert status["failureReason"] and status["failureMessage"]
+    else:
+        assert "failureReason" not in status
+
+
+def test_running_pod_reports_its_addresses_and_host():
+    status = hnmachine.derive_status(
+        machine(), pod("Running", scheduled=True, ready=True, ip="10.0.0.5", node="host-1"), now=NOW
+    )
+    assert status["podName"] == "blue-0"
+    assert status["podIP"] == "10.0.0.5"
+    assert status["hostNodeName"] == "host-1"
+    assert status["addresses"] == [
+        {"type": "InternalIP", "address": "10.0.0.5"},
+        {"type": "Hostname", "address": "blue-0"},
+    ]
+    assert "nodeName" not in status  # the tenant Node is not known yet
+
+
+def test_ready_needs_the_tenant_node_ready():
+    running = pod("Running", scheduled=True, ready=True, ip="10.0.0.5")
+    node = {"metadata": {"name": "blue-0"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    status = hnmachine.derive_status(machine(), running, node=node, now=NOW)
+    assert (status["phase"], status["nodeName"]) == ("Ready", "blue-0")
+    node["status"]["conditions"][0]["status"] = "False"
+    assert hnmachine.derive_status(machine(), running, node=node, now=NOW)["phase"] == "Running"
+
+
+def test_deleting_wins_over_everything():
+    m = machine(deletionTimestamp=NOW)
+    assert hnmachine.derive_status(m, pod("Running", ready=True), now=NOW)["phase"] == "Deleting"
+
+
+def test_a_pod_being_deleted_under_a_live_machine_is_a_failure():
+    status = hnmachine.derive_status(machine(), pod("Running", deletionTimestamp=NOW), now=NOW)
+    assert (status["phase"], status["failureReason"]) == ("Failed", "PodDeleted")
+
+
+def test_condition_transition_time_moves_only_with_its_status():
+    m = machine()
+    first = hnmachine.derive_status(m, pod("Pending", scheduled=True), now=NOW)
+    m["status"] = first
+    same = hnmachine.derive_status(m, pod("Pending", scheduled=True), now=LATER)
+    assert same == first  # nothing changed: no write needed
+    m["status"] = same
+    moved = hnmachine.derive_status(m, pod("Running", scheduled=True, ready=True), now=LATER)
+    by_type = {c["type"]: c for c in moved["conditions"]}
+    assert by_type["PodScheduled"]["lastTransitionTime"] == NOW
+    assert by_type["PodReady"]["lastTransitionTime"] == LATER
+
+
+@pytest.mark.parametrize(
+    ("phase", "wanted", "ok"),
+    [
+        ("Running", "Running", True),
+        ("Ready", "Running", True),
+        ("Provisioning", "Running", False),
+        ("Running", "Provisioning", True),
+        ("Failed", "Running", False),
+        ("Deleting", "Provisioning", False),
+    ],
+)
+def test_reached(phase, wanted, ok):
+    assert hnmachine.reached(phase, wanted) is ok
