@@ -13,7 +13,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PYTHONPATH := $(CURDIR)/hack
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: help bootstrap lab lab-down test lint sanity unit integration bench build clean
+.PHONY: help bootstrap lab lab-down test lint sanity unit integration bench build docs clean
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -56,6 +56,10 @@ integration:
 ## bench        benchmarks: JSON in results/bench/, a table on stdout
 bench: bootstrap
 	$(VENV)/bin/python -m benchmarks
+
+## docs         regenerate docs/modules, docs/plugins and docs/crd-reference.md from their sources
+docs:
+	$(VENV)/bin/python hack/docgen.py
 
 ## build        the collection tarball
 build:
