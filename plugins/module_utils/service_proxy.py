@@ -48,9 +48,10 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import quote
 
 try:
-    import kubernetes  # the Watcher and the module read the API with it
+    import urllib3  # comes with kubernetes: the Watcher and the module read the API with it
     from kubernetes.watch.watch import iter_resp_lines
 
     HAS_K8S = True
@@ -456,20 +457,32 @@ SERVICES_PATH = "/api/v1/services"
 ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 
 
-def request(api_client: Any, path: str, timeout: Any, **params: Any) -> Any:
-    """A raw GET through the client's generated list call, so it works across client
-    versions: the JSON stays plain dicts (model objects cost much more for thousands of
-    Services) and a watch's response can be read line by line."""
-    if path == SERVICES_PATH:
-        call = kubernetes.client.CoreV1Api(api_client).list_service_for_all_namespaces
-    else:
-        call = kubernetes.client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces
-    resp = call(_preload_content=False, _request_timeout=timeout, **params)
-    raw = getattr(resp, "response", resp)  # newer clients wrap urllib3's response
-    status = getattr(raw, "status", 200)
-    if not 200 <= status < 300:
-        raise ProxyError(f"GET {path}: HTTP {status}: {raw.data[:300]!r}")
-    return raw
+def request(api_client: Any, path: str, timeout: Tuple[float, float], **params: Any) -> Any:
+    """A raw GET on the client's own connection pool (its TLS and proxy settings) and
+    credentials. Plain JSON dicts: the generated calls build model objects, and the newest
+    clients spend about a second validating the first call of each method, which a proxy
+    starting on a pet node (and every full sync) would pay."""
+    cfg = api_client.configuration
+    headers = {"Accept": "application/json"}
+    token = cfg.get_api_key_with_prefix("authorization")  # also refreshes exec/OIDC tokens
+    if token:
+        headers["Authorization"] = token
+    query = "&".join(
+        f"{k}={'true' if v is True else 'false' if v is False else quote(str(v), safe='')}"
+        for k, v in params.items()
+    )
+    resp = api_client.rest_client.pool_manager.request(
+        "GET",
+        f"{cfg.host}{path}{'?' + query if query else ''}",
+        headers=headers,
+        preload_content=False,
+        timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+    )
+    if not 200 <= resp.status < 300:
+        body = resp.data[:300]
+        resp.release_conn()
+        raise ProxyError(f"GET {path}: HTTP {resp.status}: {body!r}")
+    return resp
 
 
 def list_objects(api_client: Any, path: str) -> Tuple[List[Obj], str]:
@@ -547,9 +560,9 @@ class Watcher:
             res.path,
             (5, timeout + 30),
             watch=True,
-            resource_version=rv,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
+            resourceVersion=rv,
+            allowWatchBookmarks=True,
+            timeoutSeconds=timeout,
         )
         try:
             for line in iter_resp_lines(resp):
