@@ -388,3 +388,15 @@ def test_immutable_fields_are_refused_by_the_api_server(hn, namespace):
     )
     assert result.get("failed") is True
     assert "spec.network" in result["msg"] and "immutable" in result["msg"]
+
+
+def test_crds_role_refuses_to_remove_the_crds_while_objects_exist(hn, run_playbook, namespace, custom):
+    hn("hncluster", name="keep", namespace=namespace, spec=spec(), replicas=1)
+    run = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"crds_state": "absent"})
+    assert run.rc != 0
+    (failure,) = run.failures
+    assert "Refuse while objects of the CRDs exist" in failure
+    assert "keep" in failure and "keep-0" in failure
+    assert "rhizeption.core.hncluster with state=absent" in failure
+    # Still served, objects intact.
+    assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "hnclusters", "keep")
