@@ -8,7 +8,6 @@ process can stop exactly what `hack/rig up` started, and nothing else.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import json
 import os
@@ -103,33 +102,8 @@ def _die_with_parent() -> None:
 
 
 def kubeconfig_yaml(server: str, ca: pki.KeyPair, user: str, client: pki.KeyPair) -> bytes:
-    """A kubeconfig with the certificates inlined (JSON is valid YAML)."""
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "rig",
-                "cluster": {"server": server, "certificate-authority-data": b64(pki.cert_pem(ca.cert))},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(pki.cert_pem(client.cert)),
-                    "client-key-data": b64(pki.key_pem(client.key)),
-                },
-            }
-        ],
-        "contexts": [{"name": "rig", "context": {"cluster": "rig", "user": user}}],
-        "current-context": "rig",
-    }
-    return json.dumps(doc, indent=2).encode()
+    """A kubeconfig with the certificates inlined, built by the collection's own PKI."""
+    return pki.kubeconfig_yaml(server, ca.cert, user, client, cluster="rig")
 
 
 class ControlPlane:
