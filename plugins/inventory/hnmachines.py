@@ -288,17 +288,17 @@ EXAMPLES = r"""
 import re  # noqa: E402
 from typing import Any, Dict, Tuple  # noqa: E402
 
+from ansible import template as _template  # noqa: E402
 from ansible.errors import AnsibleError, AnsibleOptionsError, AnsibleParserError  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable  # noqa: E402
 
-try:  # ansible-core >= 2.19: strings that are not tagged trusted are never templated
-    from ansible.template import trust_as_template  # noqa: F401
-
-    UNTRUSTED_BY_DEFAULT = True
-except ImportError:  # ansible-core 2.17 and 2.18: data must be marked unsafe
-    from ansible.utils.unsafe_proxy import wrap_var
-
-    UNTRUSTED_BY_DEFAULT = False
+# ansible-core >= 2.19 never renders a string that is not tagged trusted, so the API's plain
+# JSON strings are safe as they are; 2.17 and 2.18 need them marked unsafe.
+UNTRUSTED_BY_DEFAULT = hasattr(_template, "trust_as_template")
+if UNTRUSTED_BY_DEFAULT:
+    _mark_unsafe = None
+else:
+    from ansible.utils.unsafe_proxy import wrap_var as _mark_unsafe
 
 from ansible_collections.rhizeption.core.plugins.module_utils.inventory_hnmachines import (  # noqa: E402
     OptionError,
@@ -489,7 +489,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for host in result.hosts:
             # Not into root itself: every host is in a default group under it.
             name = inventory.add_host(host.name)
-            hosts[name].vars.update(host.vars if UNTRUSTED_BY_DEFAULT else wrap_var(host.vars))
+            hosts[name].vars.update(_mark_unsafe(host.vars) if _mark_unsafe else host.vars)
             for group in host.groups:
                 if group not in known_groups:
                     inventory.add_group(group)

@@ -108,7 +108,7 @@ def check_host_format(host_format: Any) -> str:
     if not isinstance(host_format, str) or not host_format:
         raise OptionError("host_format", "must be a non-empty string")
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(host_format) if f is not None]
+        fields = [parsed[1] for parsed in string.Formatter().parse(host_format) if parsed[1] is not None]
     except ValueError as e:
         raise OptionError("host_format", f"{host_format!r} is not a valid format: {e}") from None
     unknown = [f for f in fields if f not in HOST_FORMAT_FIELDS]

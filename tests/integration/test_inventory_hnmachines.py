@@ -124,8 +124,8 @@ def hnmachine_list_count(api_client: kubernetes.client.ApiClient) -> float:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():
-        name, _, rest = line.partition("{")
-        labels = rest.partition("}")[0]
+        name, brace, rest = line.partition("{")
+        labels = rest.partition("}")[0] if brace else ""
         if (
             name == "apiserver_request_total"
             and 'resource="hnmachines"' in labels
