@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from ansible_collections.rhizeption.core.plugins.module_utils.kube import Obj, Resource
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, Obj, Resource
 
 GROUP = "hn.rhizeption.io"
 VERSION = "v1alpha1"
@@ -74,3 +74,14 @@ def meta(obj: Obj | None, *keys: str) -> Any:
 
 def status_of(obj: Obj | None) -> Dict[str, Any]:
     return (obj or {}).get("status") or {}
+
+
+def apply_status(kube: Kube, resource: Resource, obj: Obj, status: Obj) -> Obj:
+    """Write STATUS through OBJ's status subresource; skipped when nothing changed, so a
+    steady object costs no write."""
+    if status_of(obj) == status:
+        return obj
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    body = {"apiVersion": resource.api_version, "kind": resource.kind, "metadata": {"name": name}}
+    body["status"] = status
+    return kube.apply(resource.path(ns, name, "status"), body, what=f"{resource.kind} {ns}/{name} status")

@@ -9,6 +9,7 @@ import copy
 import traceback
 from typing import Any, Callable, Dict
 
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import (
     HAS_KUBERNETES,
     KUBERNETES_IMPORT_ERROR,
@@ -21,10 +22,13 @@ try:
     from ansible_collections.kubernetes.core.plugins.module_utils.args_common import AUTH_ARG_SPEC
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s.core import AnsibleK8SModule
     from ansible_collections.kubernetes.core.plugins.module_utils.k8s.exceptions import CoreException
-except ImportError:  # kubernetes.core is a declared dependency; this keeps sanity's import test calm
+
+    KUBERNETES_CORE_IMPORT_ERROR = None
+except ImportError:  # a declared dependency; without it the module says so and stops
     AUTH_ARG_SPEC = {}
     AnsibleK8SModule = None
     CoreException = Exception
+    KUBERNETES_CORE_IMPORT_ERROR = traceback.format_exc()
 
 WAIT_TIMEOUT = 300
 
@@ -34,6 +38,11 @@ def module(argument_spec: Dict[str, Any], **kwargs: Any) -> Any:
     `module_defaults: {group/rhizeption.core.k8s: ...}` reaches ours as it does theirs."""
     spec = copy.deepcopy(AUTH_ARG_SPEC)
     spec.update(argument_spec)
+    if AnsibleK8SModule is None:
+        mod = AnsibleModule(argument_spec=spec, supports_check_mode=True, **kwargs)
+        mod.fail_json(
+            msg=missing_required_lib("the kubernetes.core collection"), exception=KUBERNETES_CORE_IMPORT_ERROR
+        )
     return AnsibleK8SModule(argument_spec=spec, supports_check_mode=True, **kwargs)
 
 

@@ -20,6 +20,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     HNCLUSTER,
     HNMACHINE,
     MANAGED_BY,
+    apply_status,
     cluster_selector,
     condition,
     meta,
@@ -169,22 +170,12 @@ class Outcome:
 
 
 def list_machines(kube: Kube, namespace: str, cluster_name: str) -> List[Obj]:
-    items, _ = kube.list(HNMACHINE.path(namespace), label_selector=cluster_selector(cluster_name))
+    items, _unused = kube.list(HNMACHINE.path(namespace), label_selector=cluster_selector(cluster_name))
     return sorted(items, key=lambda m: (_index(m["metadata"]["name"]), m["metadata"]["name"]))
 
 
 def write_status(kube: Kube, cluster: Obj, machines: List[Obj]) -> Obj:
-    status = derive_status(cluster, machines)
-    if status_of(cluster) == status:
-        return cluster
-    body = {
-        "apiVersion": API_VERSION,
-        "kind": "HnCluster",
-        "metadata": {"name": cluster["metadata"]["name"]},
-        "status": status,
-    }
-    ns, name = cluster["metadata"]["namespace"], cluster["metadata"]["name"]
-    return kube.apply(HNCLUSTER.path(ns, name, "status"), body, what=f"HnCluster {ns}/{name} status")
+    return apply_status(kube, HNCLUSTER, cluster, derive_status(cluster, machines))
 
 
 def ensure_present(
@@ -247,7 +238,7 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
             status_of(m).get("ready") or status_of(m).get("phase") == "Failed" for m in by_name.values()
         )
 
-    ok, _ = kube.wait(
+    ok, _unused = kube.wait(
         POD.path(ns), done, timeout, label_selector=f"{CLUSTER_LABEL}={name}", on_event=on_event
     )
     machines = list(by_name.values())
@@ -288,7 +279,7 @@ def ensure_absent(
     for machine_name_ in out.plan.delete:
         hnmachine.ensure_absent(kube, namespace, machine_name_, timeout=timeout)
     kube.delete(path, uid=cluster["metadata"]["uid"], what=f"delete HnCluster {namespace}/{name}")
-    ok, _ = kube.wait(
+    ok, _unused = kube.wait(
         HNCLUSTER.path(namespace),
         lambda objs: name not in objs,
         timeout,

@@ -22,6 +22,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     MACHINE_FINALIZER,
     MACHINE_LABEL,
     MANAGED_BY,
+    apply_status,
     condition,
     meta,
     owner_reference,
@@ -310,18 +311,7 @@ def read_cluster(kube: Kube, namespace: str, name: str) -> Obj:
 
 
 def write_status(kube: Kube, machine: Obj, status: Obj) -> Obj:
-    """Apply STATUS through the status subresource (skipped when nothing changed, so a
-    steady machine costs no write)."""
-    if status_of(machine) == status:
-        return machine
-    body = {
-        "apiVersion": API_VERSION,
-        "kind": "HnMachine",
-        "metadata": {"name": machine["metadata"]["name"]},
-        "status": status,
-    }
-    path = HNMACHINE.path(machine["metadata"]["namespace"], machine["metadata"]["name"], "status")
-    return kube.apply(path, body, what=f"HnMachine {machine['metadata']['name']} status")
+    return apply_status(kube, HNMACHINE, machine, status)
 
 
 def refresh_status(kube: Kube, machine: Obj) -> Obj:
@@ -420,7 +410,9 @@ def wait_for_phase(kube: Kube, machine: Obj, wanted: str, timeout: float) -> Obj
         phase = status_of(current["machine"]).get("phase", "")
         return phase == "Failed" or reached(phase, wanted)
 
-    ok, _ = kube.wait(POD.path(ns), done, timeout, field_selector=f"metadata.name={name}", on_event=on_event)
+    ok, _unused = kube.wait(
+        POD.path(ns), done, timeout, field_selector=f"metadata.name={name}", on_event=on_event
+    )
     st = status_of(current["machine"])
     if st.get("phase") == "Failed" and wanted != "Failed":
         raise MachineError(

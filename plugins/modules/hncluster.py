@@ -24,7 +24,7 @@ description:
   - Check mode sends the cluster to the API server as a dry run and reports which machines would be created
     or deleted, without writing. Diff mode shows the cluster before and after.
 author:
-  - rhizeption.core developers
+  - rhizeption.core developers (@rhizeption)
 options:
   name:
     description: Name of the HnCluster; its machines are named C(<name>-<index>).
@@ -65,18 +65,13 @@ options:
     default: 300
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
+  - rhizeption.core.hn_module
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  action_group:
-    support: full
-    membership: [rhizeption.core.k8s]
-requirements:
-  - kubernetes >= 24.2.0 (Python)
 notes:
-  - The HnMachine and HnCluster CRDs must be installed, for example with the C(rhizeption.core.crds) role.
   - A change of C(machineTemplate) applies to machines created afterwards; existing machines keep their Pod.
 seealso:
   - module: rhizeption.core.hnmachine

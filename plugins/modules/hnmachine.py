@@ -22,7 +22,7 @@ description:
   - Check mode sends the machine to the API server as a dry run, so it validates and reports the exact
     change without writing. Diff mode shows the machine before and after.
 author:
-  - rhizeption.core developers
+  - rhizeption.core developers (@rhizeption)
 options:
   name:
     description: Name of the HnMachine, and of its node Pod and Node. A DNS label.
@@ -75,18 +75,12 @@ options:
     default: 300
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
+  - rhizeption.core.hn_module
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  action_group:
-    support: full
-    membership: [rhizeption.core.k8s]
-requirements:
-  - kubernetes >= 24.2.0 (Python)
-notes:
-  - The HnMachine and HnCluster CRDs must be installed, for example with the C(rhizeption.core.crds) role.
 seealso:
   - module: rhizeption.core.hncluster
   - module: rhizeption.core.hnmachine_info

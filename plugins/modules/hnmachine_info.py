@@ -13,7 +13,7 @@ description:
     as the API server returns them (spec and status).
   - Filters on the cluster and labels are done by the API server; the phase filter is applied to the result.
 author:
-  - rhizeption.core developers
+  - rhizeption.core developers (@rhizeption)
 options:
   namespace:
     description: Namespace to list; all namespaces when omitted.
@@ -37,17 +37,13 @@ options:
     default: []
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
+  - rhizeption.core.hn_module
 attributes:
   check_mode:
     support: full
     details: The module only reads.
   diff_mode:
     support: none
-  action_group:
-    support: full
-    membership: [rhizeption.core.k8s]
-requirements:
-  - kubernetes >= 24.2.0 (Python)
 seealso:
   - module: rhizeption.core.hnmachine
   - plugin: rhizeption.core.hnmachines
@@ -109,7 +105,7 @@ def main() -> None:
         selectors = list(p["label_selectors"])
         if p["cluster"]:
             selectors.append(cluster_selector(p["cluster"]))
-        items, _ = kube.list(
+        items, _unused = kube.list(
             HNMACHINE.path(p["namespace"]),
             label_selector=",".join(selectors) or None,
             field_selector=f"metadata.name={p['name']}" if p["name"] else None,

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.usefixtures("hn_crds", "kwok_node")
 
 @pytest.fixture
 def hn(run_playbook):
-    """Run one module task; returns (result, run)."""
+    """Run one module task; returns its result."""
 
     def run(module: str, *args: str, **task_vars):
         played = run_playbook(
             PLAYBOOKS / "hn_module.yml", *args, extra_vars={"module": module, "task": task_vars}
         )
         (result,) = played.task_results(f"Run {module}")
-        return result, played
+        return result
 
     return run
 
@@ -65,7 +65,7 @@ def test_crds_role_is_idempotent_and_printer_columns_show_machines(
     again = run_playbook(PLAYBOOKS / "crds.yml")
     assert again.rc == 0 and again.changed == 0
 
-    result, _ = hn("hncluster", name="cols", namespace=namespace, spec=spec(), replicas=1, wait=True)
+    result = hn("hncluster", name="cols", namespace=namespace, spec=spec(), replicas=1, wait=True)
     assert result["changed"] is True, result
     out = subprocess.run(
         [
@@ -107,9 +107,7 @@ def test_crds_role_is_idempotent_and_printer_columns_show_machines(
 
 def test_cluster_lifecycle_check_mode_create_idempotence_scale_delete(hn, namespace, custom, core):
     # Check mode: validated by the API server, nothing written.
-    result, _ = hn(
-        "hncluster", "--check", "--diff", name="blue", namespace=namespace, spec=spec(), replicas=2
-    )
+    result = hn("hncluster", "--check", "--diff", name="blue", namespace=namespace, spec=spec(), replicas=2)
     assert result["changed"] is True
     assert result["created"] == ["blue-0", "blue-1"]
     assert result["diff"]["before"] == {} and result["diff"]["after"]["spec"]["replicas"] == 2
@@ -117,7 +115,7 @@ def test_cluster_lifecycle_check_mode_create_idempotence_scale_delete(hn, namesp
     assert machines(custom, namespace) == {} and pods(core, namespace) == {}
 
     # Create, and wait until every machine is ready.
-    result, _ = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=2, wait=True)
+    result = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=2, wait=True)
     assert result["changed"] is True and result["created"] == ["blue-0", "blue-1"]
     assert [(m["name"], m["phase"], m["ready"]) for m in result["machines"]] == [
         ("blue-0", "Running", True),
@@ -139,24 +137,24 @@ def test_cluster_lifecycle_check_mode_create_idempotence_scale_delete(hn, namesp
         assert found[name]["status"]["hostNodeName"] == pod.spec.node_name == "hn-kwok-0"
 
     # The same task again: nothing to do.
-    result, _ = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=2, wait=True)
+    result = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=2, wait=True)
     assert result["changed"] is False, result
     assert result["created"] == [] and result["deleted"] == []
 
     # Scale up, then down: the newest go first among equally ready machines.
-    result, _ = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=3, wait=True)
+    result = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=3, wait=True)
     assert result["created"] == ["blue-2"]
-    result, _ = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=1)
+    result = hn("hncluster", name="blue", namespace=namespace, spec=spec(), replicas=1)
     assert result["changed"] is True and result["deleted"] == ["blue-2", "blue-1"]
     assert sorted(machines(custom, namespace)) == ["blue-0"]
     assert sorted(pods(core, namespace)) == ["blue-0"]
 
     # Delete: machines and Pods first, then the cluster; a second delete is no change.
-    result, _ = hn("hncluster", name="blue", namespace=namespace, state="absent")
+    result = hn("hncluster", name="blue", namespace=namespace, state="absent")
     assert result["changed"] is True and result["deleted"] == ["blue-0"]
     assert machines(custom, namespace) == {} and pods(core, namespace) == {}
     assert custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "hnclusters")["items"] == []
-    result, _ = hn("hncluster", name="blue", namespace=namespace, state="absent")
+    result = hn("hncluster", name="blue", namespace=namespace, state="absent")
     assert result["changed"] is False
 
 
@@ -187,11 +185,11 @@ def test_machine_status_progresses_from_pending_to_running_as_its_pod_runs(
     watcher = threading.Thread(target=record, daemon=True)
     watcher.start()
     started.wait(10)
-    result, _ = hn("hnmachine", name="grey-a", namespace=namespace, cluster="grey", template=held)
+    result = hn("hnmachine", name="grey-a", namespace=namespace, cluster="grey", template=held)
     assert result["changed"] is True and result["pod_created"] is True
     assert result["phase"] == "Provisioning"
     # Waiting cannot succeed yet: the timeout names what holds the machine.
-    result, _ = hn(
+    result = hn(
         "hnmachine",
         name="grey-a",
         namespace=namespace,
@@ -215,7 +213,7 @@ def test_machine_status_progresses_from_pending_to_running_as_its_pod_runs(
         "hn-kwok-0", {"metadata": {"labels": {"hn.rhizeption.io/test-host": f"later-{namespace}"}}}
     )
     try:
-        result, _ = hn(
+        result = hn(
             "hnmachine",
             name="grey-a",
             namespace=namespace,
@@ -234,7 +232,7 @@ def test_machine_status_progresses_from_pending_to_running_as_its_pod_runs(
 
 def test_machine_delete_removes_its_pod_first_and_honours_other_finalizers(hn, namespace, custom, core):
     hn("hncluster", name="red", namespace=namespace, spec=spec(), replicas=0)
-    result, _ = hn("hnmachine", name="red-x", namespace=namespace, cluster="red", wait=True)
+    result = hn("hnmachine", name="red-x", namespace=namespace, cluster="red", wait=True)
     assert result["phase"] == "Running"
     custom.patch_namespaced_custom_object(
         GROUP,
@@ -245,7 +243,7 @@ def test_machine_delete_removes_its_pod_first_and_honours_other_finalizers(hn, n
         {"metadata": {"finalizers": ["hn.rhizeption.io/machine", "example.com/hold"]}},
     )
 
-    result, _ = hn("hnmachine", name="red-x", namespace=namespace, state="absent", wait_timeout=3)
+    result = hn("hnmachine", name="red-x", namespace=namespace, state="absent", wait_timeout=3)
     assert result.get("failed") is True
     assert "example.com/hold" in result["msg"]
     # The Pod is gone and our finalizer released; the machine waits for the other one.
@@ -257,13 +255,13 @@ def test_machine_delete_removes_its_pod_first_and_honours_other_finalizers(hn, n
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "hnmachines", "red-x", {"metadata": {"finalizers": None}}
     )
-    result, _ = hn("hnmachine", name="red-x", namespace=namespace, state="absent")
+    result = hn("hnmachine", name="red-x", namespace=namespace, state="absent")
     assert result["changed"] is False  # gone already
 
 
 def test_a_machine_whose_pod_cannot_be_created_leaves_nothing_behind(hn, namespace, custom, core):
     hn("hncluster", name="pink", namespace=namespace, spec=spec(), replicas=0)
-    result, _ = hn(
+    result = hn(
         "hnmachine",
         name="pink-0",
         namespace=namespace,
@@ -280,24 +278,24 @@ def test_info_filters_by_cluster_labels_and_phase(hn, namespace):
     hn("hncluster", name="one", namespace=namespace, spec=spec(), replicas=2, wait=True)
     hn("hncluster", name="two", namespace=namespace, spec=spec(nodeSelector={"nowhere": "x"}), replicas=1)
 
-    result, _ = hn("hnmachine_info", namespace=namespace, cluster="one")
+    result = hn("hnmachine_info", namespace=namespace, cluster="one")
     assert [m["metadata"]["name"] for m in result["machines"]] == ["one-0", "one-1"]
-    result, _ = hn("hnmachine_info", namespace=namespace, phase=["Provisioning"])
+    result = hn("hnmachine_info", namespace=namespace, phase=["Provisioning"])
     assert [m["metadata"]["name"] for m in result["machines"]] == ["two-0"]
-    result, _ = hn(
+    result = hn(
         "hnmachine_info",
         namespace=namespace,
         label_selectors=["hn.rhizeption.io/cluster in (one, two)"],
         name="one-1",
     )
     assert [m["metadata"]["name"] for m in result["machines"]] == ["one-1"]
-    result, _ = hn("hnmachine_info", cluster="one")  # all namespaces
+    result = hn("hnmachine_info", cluster="one")  # all namespaces
     assert {m["metadata"]["namespace"] for m in result["machines"]} == {namespace}
 
 
 def test_hnmachine_check_and_diff_mode(hn, namespace, custom, core):
     hn("hncluster", name="teal", namespace=namespace, spec=spec(), replicas=0)
-    result, _ = hn(
+    result = hn(
         "hnmachine",
         "--check",
         "--diff",
@@ -312,7 +310,7 @@ def test_hnmachine_check_and_diff_mode(hn, namespace, custom, core):
     assert machines(custom, namespace) == {} and pods(core, namespace) == {}
 
     hn("hnmachine", name="teal-0", namespace=namespace, cluster="teal", labels={"a": "b"})
-    result, _ = hn(
+    result = hn(
         "hnmachine",
         "--check",
         "--diff",
@@ -325,7 +323,7 @@ def test_hnmachine_check_and_diff_mode(hn, namespace, custom, core):
     assert result["diff"]["before"]["metadata"]["labels"]["a"] == "b"
     assert result["diff"]["after"]["metadata"]["labels"]["a"] == "c"
     assert machines(custom, namespace)["teal-0"]["metadata"]["labels"]["a"] == "b"
-    result, _ = hn("hnmachine", name="teal-0", namespace=namespace, cluster="teal", labels={"a": "b"})
+    result = hn("hnmachine", name="teal-0", namespace=namespace, cluster="teal", labels={"a": "b"})
     assert result["changed"] is False
 
 
@@ -361,7 +359,7 @@ def test_hnmachine_check_and_diff_mode(hn, namespace, custom, core):
 def test_bad_input_is_rejected_with_the_field_and_nothing_is_written(
     hn, namespace, custom, module, task, expected
 ):
-    result, _ = hn(
+    result = hn(
         module, name="bad", namespace=namespace, **({"spec": spec()} if module == "hncluster" else {}) | task
     )
     assert result.get("failed") is True
@@ -380,10 +378,10 @@ def test_immutable_fields_are_refused_by_the_api_server(hn, namespace):
     )
     hn("hncluster", name="b", namespace=namespace, spec=spec(), replicas=0)
     hn("hnmachine", name="m", namespace=namespace, cluster="a")
-    result, _ = hn("hnmachine", name="m", namespace=namespace, cluster="b")
+    result = hn("hnmachine", name="m", namespace=namespace, cluster="b")
     assert result.get("failed") is True
     assert "spec.clusterName" in result["msg"] and "immutable" in result["msg"]
-    result, _ = hn(
+    result = hn(
         "hncluster", name="a", namespace=namespace, spec=spec() | {"network": {"podCIDR": "10.250.0.0/16"}}
     )
     assert result.get("failed") is True
