@@ -20,7 +20,7 @@ attributes:
   diff_mode:
     description: Reports the object before and after the change (in check mode, the change it would make).
   action_group:
-    description: Part of the C(rhizeption.core.k8s) action group, so C(module_defaults) can set its connection.
+    description: In the C(rhizeption.core.k8s) action group, so C(module_defaults) can set its connection.
     support: full
     membership: [rhizeption.core.k8s]
 """
