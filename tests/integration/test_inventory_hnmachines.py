@@ -314,6 +314,19 @@ def test_an_unreachable_cluster_is_one_clear_error(tmp_path):
     assert "not-a-token" not in err + result.stdout
 
 
+def test_a_server_certificate_from_another_ca_is_named(control_plane, tmp_path):
+    from riglib import pki
+
+    pki.new_ca("not-the-rig-ca").write(tmp_path, "other-ca")
+    source = write_source(
+        tmp_path, host=control_plane.server, api_key="not-a-token", ca_cert=str(tmp_path / "other-ca.crt")
+    )
+    err = run_inventory(source, "--list").stderr
+    headlines = [line for line in err.splitlines() if line.startswith("[WARNING]") and "cannot reach" in line]
+    assert len(headlines) == 1, err
+    assert control_plane.server in headlines[0] and "certificate verify failed" in headlines[0], err
+
+
 def test_a_malformed_option_is_named(tmp_path):
     source = write_source(tmp_path, host_format="{namespace}/{nmae}")
     result = run_inventory(source, "--list")
