@@ -486,7 +486,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         # plain JSON from json.loads (untagged, so untrusted), and every variable name is
         # ours, so they go into the Host objects directly.
         hosts = getattr(inventory, "__wrapped__", inventory).hosts
+        uid = f"{settings.var_prefix}uid"
         for host in result.hosts:
+            earlier = hosts.get(host.name)
+            if earlier is not None and earlier.vars.get(uid) != host.vars[uid]:
+                # Another source (another host cluster's file) already has this name.
+                self.display.warning(
+                    f"hnmachines: host {host.name!r} is already in the inventory from"
+                    f" {earlier.vars.get('inventory_file')}; machine {host.vars[uid]} is left out:"
+                    " give each host cluster's file its own host_format, such as 'prod-{namespace}-{name}'"
+                )
+                continue
             # Not into root itself: every host is in a default group under it.
             name = inventory.add_host(host.name)
             hosts[name].vars.update(_mark_unsafe(host.vars) if _mark_unsafe else host.vars)

@@ -69,6 +69,7 @@ def fake_api(plugin_class, monkeypatch):
 
 
 def write_source(tmp_path: Path, name="x.hnmachines.yml", **options) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"plugin": "rhizeption.core.hnmachines", **options}))
     return path
@@ -232,3 +233,17 @@ def test_a_cache_entry_read_with_other_selectors_is_not_used(fake_api, tmp_path)
     assert len(fake_api) == 1, "grouping and naming options are applied to the cached answer"
     load(write_source(tmp_path, label_selector="env=b", **cache))
     assert len(fake_api) == 2, "other selectors need another answer"
+
+
+def test_a_host_name_another_file_already_has_is_reported_not_merged(fake_api, tmp_path, capsys):
+    first = write_source(tmp_path / "a", "prod.hnmachines.yml")
+    second = write_source(tmp_path / "b", "lab.hnmachines.yml")
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(first), str(second)])
+    # both files list machines with the same names and uids in this fake, so nothing clashes
+    assert len(inventory.hosts) == 3
+    # another prefix: the second file's machines look like other machines (no hn_uid)
+    other = write_source(tmp_path / "c", "other.hnmachines.yml", prefix="x_")
+    inventory = InventoryManager(loader=loader, sources=[str(first), str(other)])
+    assert inventory.get_host("lab-m0").vars["inventory_file"] == str(first)
+    assert "already in the inventory" in capsys.readouterr().err
