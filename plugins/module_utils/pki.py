@@ -198,6 +198,11 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def subject_is(cert: x509.Certificate, common_name: str, organizations: Iterable[str] = ()) -> bool:
+    """True when CERT names this user (CN) and these groups (O), as Kubernetes reads them."""
+    return cert.subject == _name(common_name, organizations)
+
+
 def sans(cert: x509.Certificate) -> Tuple[List[str], List[str]]:
     """(DNS names, IP addresses) of CERT, sorted; empty lists when it has none."""
     try:

@@ -1,0 +1,1367 @@
+# Copyright: rhizeption.core contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""TenantControlPlane: a tenant's own etcd, kube-apiserver, controller-manager and scheduler,
+run as workloads in the TenantControlPlane's namespace of the host cluster.
+
+Everything here is pure (no cluster), in the order a reconcile runs it:
+
+validate / validate_update   bad input is refused before anything is written, naming the
+                             field path and what would be accepted;
+sans / endpoint              every name the tenant's kube-apiserver is reached by;
+render_pki                   the PKI as Secrets, generating only what is missing, about to
+                             expire, signed by a CA that changed, or naming old SANs;
+render                       the workloads, Services, PodDisruptionBudgets and NetworkPolicy;
+derive_status                what the StatefulSet and Deployments show, as phase and
+                             per-component conditions.
+
+The apply/wait step (and the modules) come with the rest of issue #8.
+
+Images
+------
+``render`` takes ``images``, a dict component -> image, for ``etcd``, ``kube-apiserver``,
+``kube-controller-manager`` and ``kube-scheduler``. Missing entries default to the images
+``hack/`` builds locally from the binaries of the version: ``localhost/rhizeption/<component>:
+<version>`` (etcd's tag is the etcd version that goes with the Kubernetes version, see
+BUILT_VERSIONS). No registry is reachable here, so these never leave the machine and are
+loaded into the host cluster's container runtime. With a registry, push the same four images
+there and pass, for example::
+
+    images = {c: f"registry.example.com/k8s/{c}:v1.34.4" for c in ("kube-apiserver", "kube-scheduler")}
+
+Each container names its binary as its command, so any image that has ``etcd`` or
+``kube-apiserver`` (and so on) on its PATH works, upstream ``registry.k8s.io`` images included.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
+
+from ansible_collections.rhizeption.core.plugins.module_utils import pki
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
+    API_VERSION,
+    GROUP,
+    MANAGED_BY,
+    condition,
+    meta,
+    owner_reference,
+    status_of,
+)
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import Obj, Resource
+
+TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
+# Every object a tenant control plane owns carries it, with the TenantControlPlane's name.
+TENANT_LABEL = f"{GROUP}/tenant"
+# Rolled into Pod templates, so renewed certificates and kubeconfigs restart what reads them.
+PKI_DIGEST_ANNOTATION = f"{GROUP}/pki-digest"
+
+# The Kubernetes versions this collection builds, with the etcd version that goes with each:
+# hack/versions.env (KUBERNETES_VERSION, ETCD_VERSION). The CRD's enum of spec.version is
+# the same list; tests/unit/module_utils/test_tenant_control_plane.py keeps the three in step.
+BUILT_VERSIONS: Dict[str, Dict[str, str]] = {"v1.34.4": {"etcd": "v3.6.16"}}
+
+ETCD = "etcd"
+APISERVER = "kube-apiserver"
+CONTROLLER_MANAGER = "kube-controller-manager"
+SCHEDULER = "kube-scheduler"
+COMPONENTS = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER)
+# spec.resources keys of each component.
+RESOURCE_KEYS = {
+    ETCD: "etcd",
+    APISERVER: "apiServer",
+    CONTROLLER_MANAGER: "controllerManager",
+    SCHEDULER: "scheduler",
+}
+IMAGE_REPOSITORY = "localhost/rhizeption"
+
+API_PORT = 6443
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_METRICS_PORT = 2381  # plain HTTP, /livez and /readyz only need it: the kubelet probes there
+CONTROLLER_MANAGER_PORT = 10257
+SCHEDULER_PORT = 10259
+NODE_PORT_RANGE = (30000, 32767)
+MAX_REPLICAS = 5
+MAX_NAME = 40  # NAME-controller-manager-<hash>-<hash> must stay a DNS label; the CRD says the same
+HOST_CLUSTER_DOMAIN = "cluster.local"
+TENANT_CLUSTER_DOMAIN = "cluster.local"
+DEFAULTS: Obj = {
+    "replicas": 1,
+    "datastore": {"type": "etcd"},
+    "exposure": {"type": "ClusterIP"},
+    "certificateValidity": "8760h",
+    "serviceCIDR": "10.96.0.0/16",
+    "podCIDR": "10.244.0.0/16",
+}
+ETCD_STORAGE = "1Gi"
+MIN_VALIDITY = datetime.timedelta(hours=1)
+# A CA lives ten years and is renewed in its last; leaves are renewed in the last third
+# of their validity, so a yearly certificate is renewed four months ahead.
+CA_RENEW_BEFORE = datetime.timedelta(days=365)
+RENEW_FRACTION = 3
+PKI_DIR = "/etc/kubernetes/pki"
+KUBECONFIG_DIR = "/etc/kubernetes/kubeconfig"
+# Non-root, and a group that may read the Secrets' files (mode 0440).
+RUN_AS = 65532
+SECRET_MODE = 0o440
+
+PHASES = ("Pending", "Provisioning", "Initialized", "Ready", "Upgrading", "Deleting", "Failed")
+CONDITION_TYPES = {
+    ETCD: "DatastoreReady",
+    APISERVER: "APIServerReady",
+    CONTROLLER_MANAGER: "ControllerManagerReady",
+    SCHEDULER: "SchedulerReady",
+}
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DURATION = re.compile(r"^(?:[0-9]+[hms])+$")
+_DURATION_PART = re.compile(r"([0-9]+)([hms])")
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_PREFIX = re.compile(r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$")
+_ENDPOINT = re.compile(r"^https?://[^/\s]+$")
+
+
+class TenantControlPlaneError(ValueError):
+    """Bad input, with the field path it is about."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+# -- the spec, with the CRD's defaults ------------------------------------------------------
+def spec_of(tcp: Obj) -> Obj:
+    """TCP's spec with the CRD's defaults filled in (an object read from the API server has
+    them already; one built in a playbook may not)."""
+    spec = copy.deepcopy(tcp.get("spec") or {})
+    for key, value in DEFAULTS.items():
+        if spec.get(key) is None:
+            spec[key] = copy.deepcopy(value)
+    spec["datastore"].setdefault("type", "etcd")
+    spec["exposure"].setdefault("type", "ClusterIP")
+    return spec
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    """A Go duration of hours, minutes and seconds ("8760h", "1h30m")."""
+    if not isinstance(text, str) or not _DURATION.match(text):
+        raise ValueError(f"{text!r} is not a duration such as 8760h or 90m")
+    units = {"h": 3600, "m": 60, "s": 1}
+    return datetime.timedelta(seconds=sum(int(n) * units[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def certificate_validity(tcp: Obj) -> datetime.timedelta:
+    return parse_duration(spec_of(tcp)["certificateValidity"])
+
+
+def etcd_members(tcp: Obj) -> int:
+    """A dedicated etcd has an odd number of members (an even one adds no fault tolerance):
+    the control plane's replicas, rounded up to odd."""
+    replicas = int(spec_of(tcp)["replicas"])
+    return replicas if replicas % 2 else replicas + 1
+
+
+def shared_prefix(tcp: Obj) -> str:
+    shared = spec_of(tcp)["datastore"].get("shared") or {}
+    return shared.get("prefix") or f"/rhizeption/{tcp['metadata']['namespace']}/{tcp['metadata']['name']}"
+
+
+# -- validation ----------------------------------------------------------------------------
+def validate(tcp: Obj, built_versions: Iterable[str] = tuple(BUILT_VERSIONS)) -> None:
+    """Refuse what the API server would refuse, and what it cannot see (a version this
+    collection did not build), naming the field and what would be accepted."""
+    md = tcp.get("metadata") or {}
+    name = md.get("name") or ""
+    if not _DNS_LABEL.match(name) or len(name) > MAX_NAME:
+        raise TenantControlPlaneError(
+            "metadata.name",
+            f"{name!r} must be a DNS label (lower case letters, digits, '-'), {MAX_NAME} characters at most",
+        )
+    if not md.get("namespace"):
+        raise TenantControlPlaneError("metadata.namespace", "is required: the host namespace of the tenant")
+    spec = spec_of(tcp)
+    built = sorted(built_versions)
+    if spec.get("version") not in built:
+        raise TenantControlPlaneError(
+            "spec.version",
+            f"{spec.get('version')!r} is not built by this collection; accepted: {', '.join(built)}"
+            " (hack/versions.env)",
+        )
+    replicas = spec["replicas"]
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+        raise TenantControlPlaneError(
+            "spec.replicas", f"{replicas!r} must be an integer from 1 to {MAX_REPLICAS}"
+        )
+    _validate_datastore(spec["datastore"])
+    _validate_exposure(spec["exposure"])
+    networks = {}
+    for key, example in (("serviceCIDR", "10.96.0.0/16"), ("podCIDR", "10.244.0.0/16")):
+        try:
+            networks[key] = ipaddress.ip_network(spec[key], strict=True)
+        except (TypeError, ValueError):
+            raise TenantControlPlaneError(
+                f"spec.{key}", f"{spec[key]!r} is not a CIDR (network address/prefix) such as {example}"
+            ) from None
+    service, pods = networks["serviceCIDR"], networks["podCIDR"]
+    if service.version == pods.version and service.overlaps(pods):  # type: ignore[arg-type]
+        raise TenantControlPlaneError(
+            "spec.podCIDR", f"{pods} overlaps spec.serviceCIDR {service}; pick ranges that do not overlap"
+        )
+    try:
+        validity = parse_duration(spec["certificateValidity"])
+    except ValueError as e:
+        raise TenantControlPlaneError("spec.certificateValidity", str(e)) from None
+    if validity < MIN_VALIDITY:
+        raise TenantControlPlaneError(
+            "spec.certificateValidity", f"{spec['certificateValidity']} is too short; at least 1h"
+        )
+    for key, resources in (spec.get("resources") or {}).items():
+        for kind in ("requests", "limits"):
+            for resource, value in ((resources or {}).get(kind) or {}).items():
+                if not _QUANTITY.match(str(value)):
+                    raise TenantControlPlaneError(
+                        f"spec.resources.{key}.{kind}.{resource}",
+                        f"{value!r} is not a quantity such as 500m, 2 or 4Gi",
+                    )
+    promote = spec.get("promoteResources") or {}
+    for i, node in enumerate(promote.get("nodes") or []):
+        if not isinstance(node, str) or not _DNS_NAME.match(node) or node.startswith("*"):
+            raise TenantControlPlaneError(f"spec.promoteResources.nodes[{i}]", f"{node!r} is not a Node name")
+    for resource, value in (promote.get("resources") or {}).items():
+        if resource not in ("cpu", "memory"):
+            raise TenantControlPlaneError(
+                f"spec.promoteResources.resources.{resource}", "only cpu and memory are promoted"
+            )
+        if not _QUANTITY.match(str(value)):
+            raise TenantControlPlaneError(
+                f"spec.promoteResources.resources.{resource}", f"{value!r} is not a quantity such as 4 or 8Gi"
+            )
+
+
+def _validate_datastore(datastore: Obj) -> None:
+    kind = datastore.get("type")
+    if kind not in ("etcd", "shared"):
+        raise TenantControlPlaneError("spec.datastore.type", f"{kind!r}; accepted: etcd, shared")
+    if kind == "etcd":
+        if datastore.get("shared"):
+            raise TenantControlPlaneError("spec.datastore.shared", "is only for type shared")
+        storage = (datastore.get("etcd") or {}).get("storage", ETCD_STORAGE)
+        if not _QUANTITY.match(str(storage)):
+            raise TenantControlPlaneError(
+                "spec.datastore.etcd.storage", f"{storage!r} is not a size such as 1Gi"
+            )
+        return
+    if datastore.get("etcd"):
+        raise TenantControlPlaneError("spec.datastore.etcd", "is only for type etcd")
+    shared = datastore.get("shared") or {}
+    endpoints = shared.get("endpoints") or []
+    if not endpoints:
+        raise TenantControlPlaneError(
+            "spec.datastore.shared.endpoints", "a shared datastore needs its etcd's client URLs"
+        )
+    for i, url in enumerate(endpoints):
+        if not isinstance(url, str) or not _ENDPOINT.match(url):
+            raise TenantControlPlaneError(
+                f"spec.datastore.shared.endpoints[{i}]", f"{url!r} is not a URL such as https://etcd:2379"
+            )
+    prefix = shared.get("prefix")
+    if prefix is not None and (not _PREFIX.match(prefix) or "//" in prefix or len(prefix) > 128):
+        raise TenantControlPlaneError(
+            "spec.datastore.shared.prefix", f"{prefix!r} must be a key path such as /tenants/blue"
+        )
+
+
+def _validate_exposure(exposure: Obj) -> None:
+    kind = exposure.get("type")
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer"):
+        raise TenantControlPlaneError(
+            "spec.exposure.type", f"{kind!r}; accepted: ClusterIP, NodePort, LoadBalancer"
+        )
+    port = exposure.get("nodePort")
+    if port is not None:
+        if kind != "NodePort":
+            raise TenantControlPlaneError("spec.exposure.nodePort", f"is only for type NodePort, not {kind}")
+        low, high = NODE_PORT_RANGE
+        if not isinstance(port, int) or isinstance(port, bool) or not low <= port <= high:
+            raise TenantControlPlaneError(
+                "spec.exposure.nodePort", f"{port!r} is out of range; accepted: {low}-{high}"
+            )
+    for i, san in enumerate(exposure.get("extraSANs") or []):
+        if not _is_ip(san) and not (isinstance(san, str) and len(san) <= 253 and _DNS_NAME.match(san)):
+            raise TenantControlPlaneError(
+                f"spec.exposure.extraSANs[{i}]", f"{san!r} is neither an IP address nor a DNS name"
+            )
+
+
+def validate_update(old: Obj, new: Obj) -> None:
+    """What an existing tenant may not change: its datastore's kind, its networks, the
+    number of its etcd members (no member add/remove yet); and versions move forward, one
+    minor at a time."""
+    before, after = spec_of(old), spec_of(new)
+    if before["datastore"]["type"] != after["datastore"]["type"]:
+        raise TenantControlPlaneError(
+            "spec.datastore.type", "is immutable; a tenant's data does not move between datastores"
+        )
+    for key in ("serviceCIDR", "podCIDR"):
+        if before[key] != after[key]:
+            raise TenantControlPlaneError(f"spec.{key}", f"is immutable; it stays {before[key]}")
+    if after["datastore"]["type"] == "etcd" and etcd_members(old) != etcd_members(new):
+        raise TenantControlPlaneError(
+            "spec.replicas",
+            f"would change the dedicated etcd from {etcd_members(old)} to {etcd_members(new)} members,"
+            " which is not supported yet; keep replicas at "
+            + ("1" if etcd_members(old) == 1 else f"{etcd_members(old) - 1} or {etcd_members(old)}"),
+        )
+    running = status_of(old).get("version") or before.get("version")
+    wanted = after.get("version")
+    if running and wanted and running != wanted:
+        (r_major, r_minor), (w_major, w_minor) = _minor(running), _minor(wanted)
+        if (w_major, w_minor) < (r_major, r_minor) or (
+            (w_major, w_minor) == (r_major, r_minor) and _patch(wanted) < _patch(running)
+        ):
+            raise TenantControlPlaneError(
+                "spec.version", f"{wanted} would downgrade the tenant from {running}; downgrades are refused"
+            )
+        if w_major != r_major or w_minor > r_minor + 1:
+            raise TenantControlPlaneError(
+                "spec.version",
+                f"{wanted} skips a minor version from {running}; upgrade to v{r_major}.{r_minor + 1} first",
+            )
+
+
+def check_shared_prefix(tcp: Obj, others: Sequence[Obj]) -> None:
+    """Two tenants on one etcd must not share or nest key prefixes: one would read and
+    overwrite the other's objects."""
+    if spec_of(tcp)["datastore"]["type"] != "shared":
+        return
+    mine = shared_prefix(tcp).rstrip("/") + "/"
+    my_endpoints = set(spec_of(tcp)["datastore"]["shared"]["endpoints"])
+    for other in others:
+        if meta(other, "uid") and meta(other, "uid") == meta(tcp, "uid"):
+            continue
+        if (other["metadata"]["namespace"], other["metadata"]["name"]) == (
+            tcp["metadata"]["namespace"],
+            tcp["metadata"]["name"],
+        ):
+            continue
+        ospec = spec_of(other)
+        if ospec["datastore"]["type"] != "shared":
+            continue
+        if not my_endpoints & set(ospec["datastore"]["shared"].get("endpoints") or []):
+            continue
+        theirs = shared_prefix(other).rstrip("/") + "/"
+        if mine.startswith(theirs) or theirs.startswith(mine):
+            raise TenantControlPlaneError(
+                "spec.datastore.shared.prefix",
+                f"{mine.rstrip('/')} overlaps {theirs.rstrip('/')} of TenantControlPlane"
+                f" {other['metadata']['namespace']}/{other['metadata']['name']} on the same etcd;"
+                " give each tenant a prefix of its own",
+            )
+
+
+def _minor(version: str) -> Tuple[int, int]:
+    parts = version.lstrip("v").split(".")
+    return int(parts[0]), int(parts[1])
+
+
+def _patch(version: str) -> int:
+    return int(version.lstrip("v").split(".")[2])
+
+
+def _is_ip(text: object) -> bool:
+    try:
+        ipaddress.ip_address(text)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
+# -- names and addresses -------------------------------------------------------------------
+def service_name(tcp: Obj) -> str:
+    """The kube-apiserver's Service has the TenantControlPlane's name: NAME.NAMESPACE.svc."""
+    return tcp["metadata"]["name"]
+
+
+def etcd_names(tcp: Obj) -> Tuple[str, str]:
+    """(the etcd StatefulSet and client Service, its headless Service)."""
+    name = tcp["metadata"]["name"]
+    return f"{name}-etcd", f"{name}-etcd-peers"
+
+
+def _svc_forms(name: str, namespace: str) -> List[str]:
+    return [
+        name,
+        f"{name}.{namespace}",
+        f"{name}.{namespace}.svc",
+        f"{name}.{namespace}.svc.{HOST_CLUSTER_DOMAIN}",
+    ]
+
+
+def _service_ports(service: Obj | None) -> List[Obj]:
+    return ((service or {}).get("spec") or {}).get("ports") or []
+
+
+def _lb_ingress(service: Obj | None) -> List[Obj]:
+    return ((status_of(service).get("loadBalancer") or {}).get("ingress")) or []
+
+
+def sans(
+    tcp: Obj, service: Obj | None = None, node_addresses: Sequence[str] = ()
+) -> Tuple[List[str], List[str]]:
+    """(DNS names, IP addresses) of the kube-apiserver's serving certificate: the Service's
+    names in the host cluster, the `kubernetes` Service's names and address inside the
+    tenant, loopback (probes), the Service's cluster IP once known, the nodes' addresses
+    with a NodePort, the load balancer's once it has them, and spec.exposure.extraSANs.
+    Sorted and without duplicates, so the same inputs give the same list."""
+    spec = spec_of(tcp)
+    exposure = spec["exposure"]
+    dns = set(_svc_forms(service_name(tcp), tcp["metadata"]["namespace"]))
+    dns |= {"kubernetes", "kubernetes.default", "kubernetes.default.svc"}
+    dns |= {f"kubernetes.default.svc.{TENANT_CLUSTER_DOMAIN}", "localhost"}
+    ips = {"127.0.0.1", str(ipaddress.ip_network(spec["serviceCIDR"])[1])}
+    svc_spec = (service or {}).get("spec") or {}
+    for ip in [svc_spec.get("clusterIP"), *(svc_spec.get("clusterIPs") or [])]:
+        if ip and _is_ip(ip):
+            ips.add(ip)
+    if exposure["type"] == "NodePort":
+        ips |= {a for a in node_addresses if _is_ip(a)}
+        dns |= {a for a in node_addresses if not _is_ip(a)}
+    if exposure["type"] == "LoadBalancer":
+        for ingress in _lb_ingress(service):
+            if ingress.get("ip"):
+                ips.add(ingress["ip"])
+            if ingress.get("hostname"):
+                dns.add(ingress["hostname"])
+    for san in exposure.get("extraSANs") or []:
+        (ips if _is_ip(san) else dns).add(san)
+    ordered_ips = sorted({ipaddress.ip_address(ip) for ip in ips}, key=lambda a: (a.version, int(a)))
+    return sorted(dns), [str(ip) for ip in ordered_ips]
+
+
+def endpoint(tcp: Obj, service: Obj | None = None, node_addresses: Sequence[str] = ()) -> str:
+    """The URL the tenant's kube-apiserver is reached at: the load balancer's or a node's
+    address once known, else the Service's name, which works from inside the host cluster."""
+    exposure = spec_of(tcp)["exposure"]["type"]
+    if exposure == "LoadBalancer":
+        for ingress in _lb_ingress(service):
+            host = ingress.get("ip") or ingress.get("hostname")
+            if host:
+                return _url(host, API_PORT)
+    if exposure == "NodePort" and node_addresses:
+        port = next((p.get("nodePort") for p in _service_ports(service) if p.get("nodePort")), None)
+        port = port or spec_of(tcp)["exposure"].get("nodePort")
+        if port:
+            return _url(node_addresses[0], int(port))
+    return internal_endpoint(tcp)
+
+
+def internal_endpoint(tcp: Obj) -> str:
+    """Where the tenant's controller-manager and scheduler reach its kube-apiserver."""
+    return f"https://{service_name(tcp)}.{tcp['metadata']['namespace']}.svc:{API_PORT}"
+
+
+def _url(host: str, port: int) -> str:
+    if _is_ip(host) and ipaddress.ip_address(host).version == 6:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+# -- PKI -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cert:
+    """One certificate of the tenant's PKI; ``ca`` is None for a CA."""
+
+    role: str
+    common_name: str
+    ca: str | None = None
+    organizations: Tuple[str, ...] = ()
+    dns: Tuple[str, ...] = ()
+    ips: Tuple[str, ...] = ()
+    server: bool = False
+    client: bool = False
+
+
+@dataclass(frozen=True)
+class Kubeconfig:
+    role: str
+    user: str
+    organizations: Tuple[str, ...]
+    server: str
+
+
+# Roles of the tenant's Secrets; the Secret of role R is named NAME-R.
+SECRET_ROLES = (
+    "ca",
+    "apiserver",
+    "apiserver-kubelet-client",
+    "front-proxy-ca",
+    "front-proxy-client",
+    "sa",
+    "etcd-ca",
+    "etcd-server",
+    "etcd-peer",
+    "apiserver-etcd-client",
+    "admin-kubeconfig",
+    "controller-manager-kubeconfig",
+    "scheduler-kubeconfig",
+)
+ETCD_ROLES = ("etcd-ca", "etcd-server", "etcd-peer", "apiserver-etcd-client")
+
+
+def secret_names(tcp: Obj) -> Dict[str, str]:
+    """Role -> Secret name, for the roles this tenant needs (no etcd PKI with a shared etcd)."""
+    name = tcp["metadata"]["name"]
+    dedicated = spec_of(tcp)["datastore"]["type"] == "etcd"
+    return {role: f"{name}-{role}" for role in SECRET_ROLES if dedicated or role not in ETCD_ROLES}
+
+
+def certificates(tcp: Obj, service: Obj | None = None, node_addresses: Sequence[str] = ()) -> List[Cert]:
+    """The certificates of TCP, CAs before the leaves they sign."""
+    name, namespace = tcp["metadata"]["name"], tcp["metadata"]["namespace"]
+    dns, ips = sans(tcp, service, node_addresses)
+    certs = [
+        Cert("ca", f"{name}-ca"),
+        Cert("apiserver", "kube-apiserver", "ca", dns=tuple(dns), ips=tuple(ips), server=True),
+        Cert(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            "ca",
+            organizations=("system:masters",),
+            client=True,
+        ),
+        Cert("front-proxy-ca", f"{name}-front-proxy-ca"),
+        Cert("front-proxy-client", "front-proxy-client", "front-proxy-ca", client=True),
+    ]
+    if spec_of(tcp)["datastore"]["type"] == "etcd":
+        client_svc, peers = etcd_names(tcp)
+        member_dns = (f"*.{peers}.{namespace}.svc", f"*.{peers}.{namespace}.svc.{HOST_CLUSTER_DOMAIN}")
+        certs += [
+            Cert("etcd-ca", f"{name}-etcd-ca"),
+            Cert(
+                "etcd-server",
+                f"{name}-etcd",
+                "etcd-ca",
+                dns=tuple(sorted({*_svc_forms(client_svc, namespace), *member_dns, "localhost"})),
+                ips=("127.0.0.1",),
+                server=True,
+                client=True,
+            ),
+            Cert("etcd-peer", f"{name}-etcd-peer", "etcd-ca", dns=member_dns, server=True, client=True),
+            Cert("apiserver-etcd-client", "kube-apiserver-etcd-client", "etcd-ca", client=True),
+        ]
+    return certs
+
+
+def kubeconfigs(tcp: Obj, service: Obj | None = None, node_addresses: Sequence[str] = ()) -> List[Kubeconfig]:
+    inside = internal_endpoint(tcp)
+    return [
+        Kubeconfig(
+            "admin-kubeconfig",
+            "kubernetes-admin",
+            ("system:masters",),
+            endpoint(tcp, service, node_addresses),
+        ),
+        Kubeconfig("controller-manager-kubeconfig", "system:kube-controller-manager", (), inside),
+        Kubeconfig("scheduler-kubeconfig", "system:kube-scheduler", (), inside),
+    ]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(data: Mapping[str, str], key: str) -> bytes:
+    return base64.b64decode(data[key])
+
+
+def _load_pair(data: Mapping[str, str] | None) -> pki.KeyPair | None:
+    try:
+        return pki.load_keypair(_unb64(data or {}, "tls.crt"), _unb64(data or {}, "tls.key"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _cert_is_current(
+    want: Cert, pair: pki.KeyPair | None, issuer: pki.KeyPair | None, policy: _Renewal
+) -> bool:
+    """Whether PAIR may stay as WANT: same subject, not due for renewal, signed by the
+    current ISSUER (a CA just regenerated means a new leaf), and, for a server, the same SANs."""
+    if pair is None or not pki.subject_is(pair.cert, want.common_name, want.organizations):
+        return False
+    if issuer is None:
+        return not pki.needs_renewal(pair.cert, policy.now, CA_RENEW_BEFORE)
+    if want.ca in policy.regenerated or not pki.issued_by(pair.cert, issuer.cert):
+        return False
+    if pki.needs_renewal(pair.cert, policy.now, policy.renew_before):
+        return False
+    return not want.server or pki.sans_match(pair.cert, want.dns, want.ips)
+
+
+@dataclass
+class _Renewal:
+    now: datetime.datetime
+    validity: datetime.timedelta
+    renew_before: datetime.timedelta
+    regenerated: Set[str] = field(default_factory=set)
+
+
+def render_pki(
+    tcp: Obj,
+    existing: Mapping[str, Mapping[str, str]],
+    now: datetime.datetime,
+    *,
+    service: Obj | None = None,
+    node_addresses: Sequence[str] = (),
+) -> List[Obj]:
+    """The tenant's PKI as Secrets (labelled and owned by TCP).
+
+    EXISTING maps a Secret's name to its ``data`` as read from the API (base64 values).
+    A certificate is generated only when its Secret is missing or unreadable, when it ends
+    within the renew window (the last third of spec.certificateValidity; the last year of
+    a CA's ten), when its CA was just regenerated, or when it names other SANs or another
+    subject than it should. Everything else is returned byte for byte as it was, so a second
+    run with the same inputs writes nothing. The service-account key is never rotated here:
+    that would invalidate every token the tenant issued.
+    """
+    validate(tcp)
+    names = secret_names(tcp)
+    validity = certificate_validity(tcp)
+    policy = _Renewal(now, validity, validity / RENEW_FRACTION)
+    pairs: Dict[str, pki.KeyPair] = {}
+    out: List[Obj] = []
+    for want in certificates(tcp, service, node_addresses):
+        name = names[want.role]
+        data, pair = _certificate(want, existing.get(name), pairs.get(want.ca or ""), policy)
+        pairs[want.role] = pair
+        out.append(_secret(tcp, name, "kubernetes.io/tls", data))
+    out.append(_secret(tcp, names["sa"], "Opaque", _service_account_key(existing.get(names["sa"]))))
+    for want_kc in kubeconfigs(tcp, service, node_addresses):
+        name = names[want_kc.role]
+        data = _kubeconfig(tcp, want_kc, existing.get(name), pairs["ca"], policy)
+        out.append(_secret(tcp, name, "Opaque", data))
+    return out
+
+
+def _certificate(
+    want: Cert, data: Mapping[str, str] | None, issuer: pki.KeyPair | None, policy: _Renewal
+) -> Tuple[Dict[str, str], pki.KeyPair]:
+    """(the Secret's data, the key pair) of WANT: DATA as it is when still good, else new."""
+    pair = _load_pair(data)
+    if (
+        data is not None
+        and pair is not None
+        and _cert_is_current(want, pair, issuer, policy)
+        and (issuer is None or data.get("ca.crt") == _b64(issuer.cert_pem()))
+    ):
+        return dict(data), pair
+    if issuer is None:
+        pair = pki.new_ca(want.common_name, now=policy.now)
+    else:
+        pair = pki.issue(
+            issuer,
+            want.common_name,
+            organizations=want.organizations,
+            dns_names=want.dns,
+            ip_addresses=want.ips,
+            server=want.server,
+            client=want.client,
+            validity=policy.validity,
+            now=policy.now,
+        )
+    policy.regenerated.add(want.role)
+    body = {"tls.crt": _b64(pair.cert_pem()), "tls.key": _b64(pair.key_pem())}
+    if issuer is not None:
+        body["ca.crt"] = _b64(issuer.cert_pem())
+    return body, pair
+
+
+def _service_account_key(data: Mapping[str, str] | None) -> Dict[str, str]:
+    try:
+        pki.load_key(_unb64(data or {}, "sa.key"))
+        return dict(data or {})
+    except (KeyError, TypeError, ValueError):
+        key = pki.new_key()
+        return {"sa.key": _b64(pki.key_pem(key)), "sa.pub": _b64(pki.public_key_pem(key))}
+
+
+def _kubeconfig(
+    tcp: Obj, want: Kubeconfig, data: Mapping[str, str] | None, ca: pki.KeyPair, policy: _Renewal
+) -> Dict[str, str]:
+    """A kubeconfig Secret's data: kept while its client certificate is good and it names
+    the right server; a changed server alone keeps the client certificate."""
+    try:
+        server, ca_cert, client = pki.read_kubeconfig(_unb64(data or {}, "kubeconfig"))
+    except (KeyError, TypeError, ValueError):
+        server, ca_cert, client = "", None, None
+    client_ok = (
+        client is not None
+        and ca_cert == ca.cert
+        and "ca" not in policy.regenerated
+        and pki.issued_by(client.cert, ca.cert)
+        and not pki.needs_renewal(client.cert, policy.now, policy.renew_before)
+        and pki.subject_is(client.cert, want.user, want.organizations)
+    )
+    if client_ok and server == want.server:
+        return dict(data or {})
+    if not client_ok or client is None:
+        client = pki.issue(
+            ca,
+            want.user,
+            organizations=want.organizations,
+            client=True,
+            validity=policy.validity,
+            now=policy.now,
+        )
+    document = pki.kubeconfig_yaml(want.server, ca.cert, want.user, client, cluster=tcp["metadata"]["name"])
+    return {"kubeconfig": _b64(document)}
+
+
+def _secret(tcp: Obj, name: str, type_: str, data: Dict[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(tcp, name, "pki"),
+        "type": type_,
+        "data": data,
+    }
+
+
+def pki_digests(secrets: Sequence[Obj]) -> Dict[str, str]:
+    """Secret name -> a short digest of its data, to roll a component's Pods when a Secret
+    it mounts changes (kubeconfigs and the etcd certificates are read only at start)."""
+    out = {}
+    for secret in secrets:
+        h = hashlib.sha256()
+        for key in sorted(secret.get("data") or {}):
+            h.update(key.encode() + b"\0" + secret["data"][key].encode() + b"\0")
+        out[secret["metadata"]["name"]] = h.hexdigest()[:16]
+    return out
+
+
+# -- render ---------------------------------------------------------------------------------
+def default_images(version: str) -> Dict[str, str]:
+    """The locally built images of VERSION (see the module docstring)."""
+    etcd_version = BUILT_VERSIONS.get(version, {}).get("etcd", "")
+    return {
+        ETCD: f"{IMAGE_REPOSITORY}/etcd:{etcd_version}",
+        APISERVER: f"{IMAGE_REPOSITORY}/kube-apiserver:{version}",
+        CONTROLLER_MANAGER: f"{IMAGE_REPOSITORY}/kube-controller-manager:{version}",
+        SCHEDULER: f"{IMAGE_REPOSITORY}/kube-scheduler:{version}",
+    }
+
+
+def selector_labels(tcp: Obj, component: str) -> Dict[str, str]:
+    return {TENANT_LABEL: tcp["metadata"]["name"], "app.kubernetes.io/name": component}
+
+
+def labels(tcp: Obj, component: str) -> Dict[str, str]:
+    role = {ETCD: "datastore", "pki": "pki"}.get(component, "control-plane")
+    version = spec_of(tcp)["version"]
+    if component == ETCD:
+        version = BUILT_VERSIONS.get(version, {}).get("etcd", version)
+    return {
+        **MANAGED_BY,
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": tcp["metadata"]["name"],
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/part-of": "rhizeption",
+        "app.kubernetes.io/version": version,
+        TENANT_LABEL: tcp["metadata"]["name"],
+    }
+
+
+def _metadata(tcp: Obj, name: str, component: str) -> Obj:
+    if not meta(tcp, "uid"):
+        raise TenantControlPlaneError(
+            "metadata.uid", "the TenantControlPlane must exist (have a uid) before its objects are rendered"
+        )
+    return {
+        "name": name,
+        "namespace": tcp["metadata"]["namespace"],
+        "labels": labels(tcp, component),
+        "ownerReferences": [owner_reference(tcp, controller=True)],
+    }
+
+
+def _secret_volume(role: str, secret: str) -> Obj:
+    return {"name": role, "secret": {"secretName": secret, "defaultMode": SECRET_MODE}}
+
+
+def _mount(role: str, path: str) -> Obj:
+    return {"name": role, "mountPath": path, "readOnly": True}
+
+
+def _https_probe(path: str, port: int, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTPS"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _container(tcp: Obj, component: str, *, image: str, args: List[str], mounts: List[Obj], port: int) -> Obj:
+    container: Obj = {
+        "name": component,
+        "image": image,
+        # Images built here are loaded into the runtime, never pulled; a registry's are pulled once.
+        "imagePullPolicy": "IfNotPresent",
+        "command": [component],
+        "args": args,
+        "ports": [
+            {"name": "https" if component != ETCD else "client", "containerPort": port, "protocol": "TCP"}
+        ],
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = (spec_of(tcp).get("resources") or {}).get(RESOURCE_KEYS[component])
+    if resources:
+        container["resources"] = copy.deepcopy(resources)
+    return container
+
+
+def _pod_spec(tcp: Obj, component: str, container: Obj, volumes: List[Obj], replicas: int) -> Obj:
+    spec: Obj = {
+        "containers": [container],
+        "volumes": volumes,
+        # The control plane talks to its own API server with its own credentials, never to the host's.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if replicas > 1:
+        # Replicas on different host nodes where there are enough of them.
+        spec["affinity"] = {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": selector_labels(tcp, component)},
+                        },
+                    }
+                ]
+            }
+        }
+    return spec
+
+
+def _template(tcp: Obj, component: str, pod_spec: Obj, digest: str) -> Obj:
+    metadata: Obj = {"labels": labels(tcp, component)}
+    if digest:
+        metadata["annotations"] = {PKI_DIGEST_ANNOTATION: digest}
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def _digest(digests: Mapping[str, str], secrets: Iterable[str]) -> str:
+    parts = [digests[s] for s in sorted(secrets) if s in digests]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16] if parts else ""
+
+
+def _pdb(tcp: Obj, name: str, component: str, *, min_available: int | None = None) -> Obj:
+    spec: Obj = {"selector": {"matchLabels": selector_labels(tcp, component)}}
+    if min_available is not None:
+        spec["minAvailable"] = min_available
+    else:
+        spec["maxUnavailable"] = 1
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(tcp, name, component),
+        "spec": spec,
+    }
+
+
+def _deployment(tcp: Obj, component: str, *, name: str, pod_spec: Obj, digest: str) -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(tcp, name, component),
+        "spec": {
+            "replicas": int(spec_of(tcp)["replicas"]),
+            "selector": {"matchLabels": selector_labels(tcp, component)},
+            # One at a time, never below the replicas asked for: a control plane stays up while it rolls.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": _template(tcp, component, pod_spec, digest),
+        },
+    }
+
+
+def render(
+    tcp: Obj,
+    images: Mapping[str, str] | None = None,
+    pki_secret_names: Mapping[str, str] | None = None,
+    *,
+    pki_secrets: Sequence[Obj] = (),
+    advertise_address: str | None = None,
+) -> List[Obj]:
+    """Every object of the tenant's control plane but its PKI Secrets, labelled and owned
+    by TCP, in the order to apply them: the datastore, then the kube-apiserver, then the
+    controller-manager and scheduler, then the PodDisruptionBudgets.
+
+    IMAGES overrides default_images() per component; PKI_SECRET_NAMES maps roles to Secret
+    names (secret_names() by default); PKI_SECRETS (render_pki's output) adds a digest to
+    each Pod template so renewed credentials restart what reads them; ADVERTISE_ADDRESS is
+    the address the tenant's `kubernetes` Service points at (the apiserver Service's
+    cluster IP or load balancer address once known; the Pod's IP until then).
+    """
+    validate(tcp)
+    spec = spec_of(tcp)
+    name = tcp["metadata"]["name"]
+    image = {**default_images(spec["version"]), **(images or {})}
+    secrets = {**secret_names(tcp), **(pki_secret_names or {})}
+    digests = pki_digests(pki_secrets)
+    objects: List[Obj] = []
+    if spec["datastore"]["type"] == "etcd":
+        objects += _render_etcd(tcp, image[ETCD], secrets, digests)
+    objects.append(_render_apiserver(tcp, image[APISERVER], secrets, digests, advertise_address))
+    objects.append(_apiserver_service(tcp))
+    objects.append(_render_controller(tcp, CONTROLLER_MANAGER, image[CONTROLLER_MANAGER], secrets, digests))
+    objects.append(_render_controller(tcp, SCHEDULER, image[SCHEDULER], secrets, digests))
+    if int(spec["replicas"]) > 1:
+        objects += [
+            _pdb(tcp, f"{name}-apiserver", APISERVER),
+            _pdb(tcp, f"{name}-controller-manager", CONTROLLER_MANAGER, min_available=1),
+            _pdb(tcp, f"{name}-scheduler", SCHEDULER, min_available=1),
+        ]
+    return objects
+
+
+def _secret_mounts(secrets: Mapping[str, str], roles: Sequence[str]) -> Tuple[List[Obj], List[Obj]]:
+    """(volumes, read-only mounts at PKI_DIR/ROLE) of the Secrets of ROLES."""
+    volumes = [_secret_volume(role, secrets[role]) for role in roles]
+    mounts = [_mount(role, f"{PKI_DIR}/{role}") for role in roles]
+    return volumes, mounts
+
+
+def _datastore_flags(tcp: Obj, secrets: Dict[str, str]) -> Tuple[List[str], Tuple[str, ...]]:
+    """(kube-apiserver's etcd flags, the roles of the Secrets they read)."""
+    p = PKI_DIR
+    datastore = spec_of(tcp)["datastore"]
+    if datastore["type"] == "etcd":
+        servers = f"https://{etcd_names(tcp)[0]}.{tcp['metadata']['namespace']}.svc:{ETCD_CLIENT_PORT}"
+        return [
+            f"--etcd-servers={servers}",
+            f"--etcd-cafile={p}/apiserver-etcd-client/ca.crt",
+            f"--etcd-certfile={p}/apiserver-etcd-client/tls.crt",
+            f"--etcd-keyfile={p}/apiserver-etcd-client/tls.key",
+        ], ("apiserver-etcd-client",)
+    shared = datastore["shared"]
+    # The prefix keeps this tenant's keys apart from every other tenant of that etcd.
+    flags = [f"--etcd-servers={','.join(shared['endpoints'])}", f"--etcd-prefix={shared_prefix(tcp)}"]
+    if not shared.get("clientSecretName"):
+        return flags, ()
+    secrets["datastore-client"] = shared["clientSecretName"]
+    return [
+        *flags,
+        f"--etcd-cafile={p}/datastore-client/ca.crt",
+        f"--etcd-certfile={p}/datastore-client/tls.crt",
+        f"--etcd-keyfile={p}/datastore-client/tls.key",
+    ], ("datastore-client",)
+
+
+def _render_apiserver(
+    tcp: Obj, image: str, secrets: Dict[str, str], digests: Mapping[str, str], advertise_address: str | None
+) -> Obj:
+    """The kube-apiserver Deployment; its flags follow the rig's known-good ones
+    (hack/riglib/controlplane.py), with TLS to etcd and the front proxy added."""
+    spec = spec_of(tcp)
+    replicas = int(spec["replicas"])
+    etcd_flags, etcd_roles = _datastore_flags(tcp, secrets)
+    roles = ("ca", "apiserver", "apiserver-kubelet-client", "front-proxy-client", "sa", *etcd_roles)
+    volumes, mounts = _secret_mounts(secrets, roles)
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    p = PKI_DIR
+    args = [
+        f"--advertise-address={advertise_address or '$(POD_IP)'}",
+        "--allow-privileged=true",
+        "--authorization-mode=Node,RBAC",
+        "--bind-address=0.0.0.0",
+        f"--client-ca-file={p}/ca/tls.crt",
+        "--enable-admission-plugins=NodeRestriction",
+        "--enable-bootstrap-token-auth=true",
+        *etcd_flags,
+        f"--kubelet-client-certificate={p}/apiserver-kubelet-client/tls.crt",
+        f"--kubelet-client-key={p}/apiserver-kubelet-client/tls.key",
+        "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+        "--profiling=false",
+        f"--proxy-client-cert-file={p}/front-proxy-client/tls.crt",
+        f"--proxy-client-key-file={p}/front-proxy-client/tls.key",
+        "--requestheader-allowed-names=front-proxy-client",
+        f"--requestheader-client-ca-file={p}/front-proxy-client/ca.crt",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        f"--secure-port={API_PORT}",
+        f"--service-account-issuer=https://kubernetes.default.svc.{TENANT_CLUSTER_DOMAIN}",
+        f"--service-account-key-file={p}/sa/sa.pub",
+        f"--service-account-signing-key-file={p}/sa/sa.key",
+        f"--service-cluster-ip-range={spec['serviceCIDR']}",
+        f"--tls-cert-file={p}/apiserver/tls.crt",
+        f"--tls-private-key-file={p}/apiserver/tls.key",
+    ]
+    container = _container(tcp, APISERVER, image=image, args=args, mounts=mounts, port=API_PORT)
+    container["env"] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    container["startupProbe"] = _https_probe("/livez", API_PORT, 5, 30)
+    container["livenessProbe"] = _https_probe("/livez", API_PORT, 10, 6)
+    container["readinessProbe"] = _https_probe("/readyz", API_PORT, 5, 3)
+    return _deployment(
+        tcp,
+        APISERVER,
+        name=f"{tcp['metadata']['name']}-apiserver",
+        pod_spec=_pod_spec(tcp, APISERVER, container, volumes, replicas),
+        digest=_digest(digests, (secrets[r] for r in roles)),
+    )
+
+
+def _render_controller(
+    tcp: Obj, component: str, image: str, secrets: Mapping[str, str], digests: Mapping[str, str]
+) -> Obj:
+    """The controller-manager or scheduler Deployment: a kubeconfig from its Secret, and
+    leader election when there is more than one replica."""
+    spec = spec_of(tcp)
+    replicas = int(spec["replicas"])
+    short = component.replace("kube-", "")
+    kubeconfig_role = f"{short}-kubeconfig"
+    port = CONTROLLER_MANAGER_PORT if component == CONTROLLER_MANAGER else SCHEDULER_PORT
+    roles: Tuple[str, ...] = ("ca", "sa") if component == CONTROLLER_MANAGER else ()
+    volumes, mounts = _secret_mounts(secrets, roles)
+    volumes += [_secret_volume("kubeconfig", secrets[kubeconfig_role]), {"name": "tmp", "emptyDir": {}}]
+    mounts += [_mount("kubeconfig", KUBECONFIG_DIR), {"name": "tmp", "mountPath": "/tmp"}]
+    kubeconfig = f"{KUBECONFIG_DIR}/kubeconfig"
+    p = PKI_DIR
+    args = [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=0.0.0.0",
+        f"--secure-port={port}",
+        f"--leader-elect={'true' if replicas > 1 else 'false'}",
+        "--profiling=false",
+    ]
+    if component == CONTROLLER_MANAGER:
+        args += [
+            "--allocate-node-cidrs=true",
+            f"--cluster-cidr={spec['podCIDR']}",
+            f"--cluster-name={tcp['metadata']['name']}",
+            f"--cluster-signing-cert-file={p}/ca/tls.crt",
+            f"--cluster-signing-key-file={p}/ca/tls.key",
+            "--controllers=*,bootstrapsigner,tokencleaner",
+            f"--root-ca-file={p}/ca/tls.crt",
+            f"--service-account-private-key-file={p}/sa/sa.key",
+            f"--service-cluster-ip-range={spec['serviceCIDR']}",
+            "--use-service-account-credentials=true",
+        ]
+    container = _container(tcp, component, image=image, args=args, mounts=mounts, port=port)
+    container["livenessProbe"] = _https_probe("/healthz", port, 10, 6)
+    container["readinessProbe"] = _https_probe("/healthz", port, 5, 3)
+    return _deployment(
+        tcp,
+        component,
+        name=f"{tcp['metadata']['name']}-{short}",
+        pod_spec=_pod_spec(tcp, component, container, volumes, replicas),
+        digest=_digest(digests, [secrets[kubeconfig_role], *(secrets[r] for r in roles)]),
+    )
+
+
+def _apiserver_service(tcp: Obj) -> Obj:
+    exposure = spec_of(tcp)["exposure"]
+    port: Obj = {"name": "https", "port": API_PORT, "targetPort": API_PORT, "protocol": "TCP"}
+    if exposure["type"] == "NodePort" and exposure.get("nodePort"):
+        port["nodePort"] = exposure["nodePort"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(tcp, service_name(tcp), APISERVER),
+        "spec": {"type": exposure["type"], "selector": selector_labels(tcp, APISERVER), "ports": [port]},
+    }
+
+
+def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapping[str, str]) -> List[Obj]:
+    name, namespace = tcp["metadata"]["name"], tcp["metadata"]["namespace"]
+    sts_name, peers = etcd_names(tcp)
+    members = etcd_members(tcp)
+    etcd_spec = spec_of(tcp)["datastore"].get("etcd") or {}
+    selector = selector_labels(tcp, ETCD)
+
+    def member_url(member: str, port: int) -> str:
+        return f"https://{member}.{peers}.{namespace}.svc:{port}"
+
+    initial_cluster = ",".join(
+        f"{sts_name}-{i}={member_url(f'{sts_name}-{i}', ETCD_PEER_PORT)}" for i in range(members)
+    )
+    p = PKI_DIR
+    args = [
+        "--name=$(POD_NAME)",
+        "--data-dir=/var/lib/etcd/data",
+        f"--listen-client-urls=https://0.0.0.0:{ETCD_CLIENT_PORT}",
+        f"--advertise-client-urls={member_url('$(POD_NAME)', ETCD_CLIENT_PORT)}",
+        f"--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls={member_url('$(POD_NAME)', ETCD_PEER_PORT)}",
+        f"--initial-cluster={initial_cluster}",
+        "--initial-cluster-state=new",
+        # Unique per tenant: members of two tenants never join each other.
+        f"--initial-cluster-token={namespace}-{name}",
+        f"--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}",
+        "--client-cert-auth=true",
+        f"--trusted-ca-file={p}/etcd-server/ca.crt",
+        f"--cert-file={p}/etcd-server/tls.crt",
+        f"--key-file={p}/etcd-server/tls.key",
+        "--peer-client-cert-auth=true",
+        f"--peer-trusted-ca-file={p}/etcd-peer/ca.crt",
+        f"--peer-cert-file={p}/etcd-peer/tls.crt",
+        f"--peer-key-file={p}/etcd-peer/tls.key",
+        "--snapshot-count=10000",
+        "--log-level=warn",
+    ]
+    roles = ("etcd-server", "etcd-peer")
+    vols = [_secret_volume(role, secrets[role]) for role in roles]
+    mounts = [_mount(role, f"{PKI_DIR}/{role}") for role in roles]
+    mounts.append({"name": "data", "mountPath": "/var/lib/etcd"})
+    container = _container(tcp, ETCD, image=image, args=args, mounts=mounts, port=ETCD_CLIENT_PORT)
+    container["ports"].append({"name": "peer", "containerPort": ETCD_PEER_PORT, "protocol": "TCP"})
+    container["env"] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    http = {"port": ETCD_METRICS_PORT, "scheme": "HTTP"}
+    container["startupProbe"] = {
+        "httpGet": {"path": "/readyz", **http},
+        "periodSeconds": 5,
+        "failureThreshold": 60,
+    }
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/livez", **http},
+        "periodSeconds": 10,
+        "failureThreshold": 6,
+    }
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", **http},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    claim_spec: Obj = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": etcd_spec.get("storage") or ETCD_STORAGE}},
+    }
+    if etcd_spec.get("storageClassName"):
+        claim_spec["storageClassName"] = etcd_spec["storageClassName"]
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(tcp, sts_name, ETCD),
+        "spec": {
+            "replicas": members,
+            "serviceName": peers,
+            "selector": {"matchLabels": selector},
+            # Members of a new cluster must start together to reach quorum.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": _template(
+                tcp,
+                ETCD,
+                _pod_spec(tcp, ETCD, container, vols, members),
+                _digest(digests, (secrets[r] for r in roles)),
+            ),
+            "volumeClaimTemplates": [
+                {"metadata": {"name": "data", "labels": labels(tcp, ETCD)}, "spec": claim_spec}
+            ],
+            # Data outlives a scale-down, and is removed with the tenant (deleting it is the
+            # delete step's job, which may be asked to keep the datastore).
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": "Retain"},
+        },
+    }
+    ports = [
+        {"name": "client", "port": ETCD_CLIENT_PORT, "targetPort": ETCD_CLIENT_PORT, "protocol": "TCP"},
+        {"name": "peer", "port": ETCD_PEER_PORT, "targetPort": ETCD_PEER_PORT, "protocol": "TCP"},
+    ]
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(tcp, peers, ETCD),
+        "spec": {
+            "clusterIP": "None",
+            # Members find each other before they are ready: that is how they become ready.
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": ports,
+        },
+    }
+    client = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(tcp, sts_name, ETCD),
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": ports[:1]},
+    }
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(tcp, sts_name, ETCD),
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                # The tenant's own kube-apiserver, and no one else, reaches the client port.
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(tcp, APISERVER)}}],
+                    "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT}],
+                },
+                # Members talk to each other.
+                {
+                    "from": [{"podSelector": {"matchLabels": selector}}],
+                    "ports": [
+                        {"protocol": "TCP", "port": ETCD_CLIENT_PORT},
+                        {"protocol": "TCP", "port": ETCD_PEER_PORT},
+                    ],
+                },
+            ],
+        },
+    }
+    objects = [headless, client, statefulset, policy]
+    if members > 1:
+        objects.append(_pdb(tcp, sts_name, ETCD))  # one member down at a time keeps quorum
+    return objects
+
+
+# -- status ---------------------------------------------------------------------------------
+def _find(observed: Sequence[Obj], kind: str, name: str) -> Obj | None:
+    return next((o for o in observed if o.get("kind") == kind and meta(o, "name") == name), None)
+
+
+def _workload_state(obj: Obj | None) -> Tuple[str, str]:
+    """("Missing" | "Progressing" | "Ready" | "Failed", message) of a Deployment or StatefulSet."""
+    if obj is None:
+        return "Missing", "does not exist yet"
+    spec, st = obj.get("spec") or {}, status_of(obj)
+    wanted = int(spec.get("replicas", 1))
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("status") == "False":
+            return "Failed", f"{c.get('reason')}: {c.get('message') or ''}".strip()
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    if obj.get("kind") == "Deployment":
+        ready = min(ready, int(st.get("availableReplicas") or 0))
+    current = (st.get("observedGeneration") or 0) >= (meta(obj, "generation") or 0)
+    message = f"{ready} of {wanted} ready, {updated} updated"
+    if current and ready >= wanted and updated >= wanted:
+        return "Ready", message
+    return "Progressing", message
+
+
+def derive_status(
+    tcp: Obj,
+    observed: Sequence[Obj],
+    now: str,
+    *,
+    service: Obj | None = None,
+    node_addresses: Sequence[str] = (),
+) -> Obj:
+    """TenantControlPlane status from the objects that exist (its StatefulSet and
+    Deployments). Nothing is assumed: no workload means Pending, whatever happened before.
+
+    Pending       no workload exists yet
+    Provisioning  the datastore or the kube-apiserver is not ready
+    Initialized   both are, the controller-manager or scheduler is not yet
+    Ready         every component runs the wanted spec, all replicas ready
+    Upgrading     Provisioning or Initialized while an older version ran before
+    Deleting      the TenantControlPlane is being deleted
+    Failed        a Deployment gave up progressing (failureReason/failureMessage say which)
+    """
+    spec = spec_of(tcp)
+    name = tcp["metadata"]["name"]
+    previous = status_of(tcp)
+    generation = meta(tcp, "generation") or 0
+    workloads = {
+        APISERVER: _find(observed, "Deployment", f"{name}-apiserver"),
+        CONTROLLER_MANAGER: _find(observed, "Deployment", f"{name}-controller-manager"),
+        SCHEDULER: _find(observed, "Deployment", f"{name}-scheduler"),
+    }
+    if spec["datastore"]["type"] == "etcd":
+        workloads[ETCD] = _find(observed, "StatefulSet", etcd_names(tcp)[0])
+    states = {c: _workload_state(w) for c, w in workloads.items()}
+    ready = {c: s == "Ready" for c, (s, _) in states.items()}
+    failed = [(c, m) for c, (s, m) in states.items() if s == "Failed"]
+    datastore_ready = ready.get(ETCD, True)
+
+    status: Obj = {"observedGeneration": generation}
+    if meta(tcp, "deletionTimestamp"):
+        phase = "Deleting"
+    elif failed:
+        phase = "Failed"
+        status["failureReason"] = f"{CONDITION_TYPES[failed[0][0]].replace('Ready', '')}Failed"
+        status["failureMessage"] = "; ".join(f"{c}: {m}" for c, m in failed)
+    elif all(w is None for w in workloads.values()):
+        phase = "Pending"
+    elif all(ready.values()):
+        phase = "Ready"
+    else:
+        phase = "Initialized" if datastore_ready and ready[APISERVER] else "Provisioning"
+        if previous.get("version") and previous["version"] != spec["version"]:
+            phase = "Upgrading"
+    status["phase"] = phase
+    version = spec["version"] if phase == "Ready" else previous.get("version")
+    if version:
+        status["version"] = version
+    status["endpoint"] = endpoint(tcp, service, node_addresses)
+    status["adminKubeconfigSecret"] = secret_names(tcp)["admin-kubeconfig"]
+
+    conditions = []
+    for component in COMPONENTS:
+        if component == ETCD and component not in states:
+            conditions.append(
+                condition(
+                    previous.get("conditions") or [],
+                    CONDITION_TYPES[ETCD],
+                    True,
+                    "SharedDatastore",
+                    f"the shared etcd at {', '.join(spec['datastore']['shared']['endpoints'])}",
+                    now=now,
+                    generation=generation,
+                )
+            )
+            continue
+        state, message = states[component]
+        conditions.append(
+            condition(
+                previous.get("conditions") or [],
+                CONDITION_TYPES[component],
+                state == "Ready",
+                state,
+                f"{component}: {message}",
+                now=now,
+                generation=generation,
+            )
+        )
+    conditions.append(
+        condition(
+            previous.get("conditions") or [],
+            "Ready",
+            phase == "Ready",
+            phase,
+            "every component is ready"
+            if phase == "Ready"
+            else status.get("failureMessage", f"phase {phase}"),
+            now=now,
+            generation=generation,
+        )
+    )
+    status["conditions"] = conditions
+    return status
