@@ -263,44 +263,117 @@ def render(
     return render_ports(ports, config), skipped
 
 
+class _Parts:
+    """The chains, rules and elements that service ports need, chain by chain."""
+
+    def __init__(self) -> None:
+        self.chains: List[str] = []
+        self.rules: Dict[str, List[str]] = {}
+        self.addr_elems: List[str] = []
+        self.node_elems: List[str] = []
+        self.no_ep_addrs: List[str] = []
+        self.no_ep_nodes: List[str] = []
+
+    def add(self, sp: ServicePort, config: ProxyConfig) -> None:
+        t = config.table
+
+        def chain(name: str, *texts: str) -> None:
+            self.chains.append(name)
+            self.rules[name] = [f"add rule ip {t} {name} {text}" for text in texts]
+
+        if not sp.endpoints:
+            self.no_ep_addrs += [f"{ip} . {sp.protocol} . {sp.port}" for ip in sp.cluster_ips]
+            if sp.node_port and config.nodeports:
+                self.no_ep_nodes.append(f"{sp.protocol} . {sp.node_port}")
+            return
+        pick = "random" if config.balance == "random" else "inc"
+        branches = ", ".join(f"{i} : goto {sp.endpoint_chain(ep)}" for i, ep in enumerate(sp.endpoints))
+        chain(sp.chain, f"numgen {pick} mod {len(sp.endpoints)} vmap {{ {branches} }}")
+        for ep in sp.endpoints:
+            chain(
+                sp.endpoint_chain(ep),
+                f"ip saddr {ep.ip} jump mark-for-masquerade",  # hairpin
+                f"meta l4proto {sp.protocol} dnat to {ep.ip}:{ep.port}",
+            )
+        self.addr_elems += [f"{ip} . {sp.protocol} . {sp.port} : goto {sp.chain}" for ip in sp.cluster_ips]
+        if sp.node_port and config.nodeports:
+            chain(sp.external_chain, "jump mark-for-masquerade", f"goto {sp.chain}")
+            self.node_elems.append(f"{sp.protocol} . {sp.node_port} : goto {sp.external_chain}")
+
+    def elements(self) -> Dict[str, set]:
+        return {
+            "service-addrs": set(self.addr_elems),
+            "service-nodeports": set(self.node_elems),
+            "no-endpoint-addrs": set(self.no_ep_addrs),
+            "no-endpoint-nodeports": set(self.no_ep_nodes),
+        }
+
+
+def render_delta(
+    old: List[ServicePort], new: List[ServicePort], fingerprint: str, config: ProxyConfig
+) -> str | None:
+    """A script that turns the table rendered from OLD into the one rendered from NEW,
+    touching only the Service ports that changed: a change costs in proportion to its size,
+    not to the number of Services. None when only a full rebuild is safe."""
+    t = config.table
+    before = {sp.key: sp for sp in old}
+    after = {sp.key: sp for sp in new}
+    gone, come = _Parts(), _Parts()
+    for key in sorted(set(before) | set(after)):
+        o, n = before.get(key), after.get(key)
+        if o == n:
+            continue
+        if o is not None:
+            gone.add(o, config)
+        if n is not None:
+            come.add(n, config)
+    gone_elems, come_elems = gone.elements(), come.elements()
+    lines = ["# rendered by rhizeption.core service_proxy: the changed Services only"]
+    for name in gone_elems:
+        dropped = gone_elems[name] - come_elems[name]
+        added = come_elems[name] - gone_elems[name]
+        keys_dropped = {e.split(" : ")[0] for e in dropped}
+        if keys_dropped & {e.split(" : ")[0] for e in added}:
+            return None  # one key moving to another Service: rebuild rather than order it
+        gone_elems[name], come_elems[name] = dropped, added
+    # A chain's name says what it holds (an endpoint's address and port, a Service's key), so
+    # a chain in both is kept; only the Service chains, whose endpoint lists change, are
+    # rewritten in place.
+    kept = set(gone.chains) & set(come.chains)
+    rewritten = [
+        c for c in come.chains if c in kept and c.startswith("svc-") and gone.rules[c] != come.rules[c]
+    ]
+    deleted = [c for c in gone.chains if c not in kept]
+    added_chains = [c for c in come.chains if c not in kept]
+    lines += [f"flush chain ip {t} {c}" for c in deleted + rewritten]
+    for name, elems in gone_elems.items():
+        keys = sorted(e.split(" : ")[0] for e in elems)
+        for i in range(0, len(keys), ELEMENTS_PER_LINE):
+            lines.append(f"delete element ip {t} {name} {{ {', '.join(keys[i : i + ELEMENTS_PER_LINE])} }}")
+    lines += [f"delete chain ip {t} {c}" for c in deleted]
+    lines += [f"add chain ip {t} {c}" for c in added_chains]
+    lines += [r for c in added_chains + rewritten for r in come.rules[c]]
+    for name, elems in come_elems.items():
+        _elements(lines, t, name, sorted(elems))
+    lines += [
+        f"delete chain ip {t} fingerprint",
+        f'add chain ip {t} fingerprint {{ comment "sha256:{fingerprint}" ; }}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def render_ports(ports: List[ServicePort], config: ProxyConfig | None = None) -> str:
     """The script for service ports already sorted out by `service_ports`."""
     config = config or ProxyConfig()
     config.validate()
     t = config.table
     mark = f"0x{MASQ_MARK:08x}"
-    pick = "random" if config.balance == "random" else "inc"
-
-    chains: List[str] = []
-    rules: List[str] = []
-    addr_elems: List[str] = []
-    node_elems: List[str] = []
-    no_ep_addrs: List[str] = []
-    no_ep_nodes: List[str] = []
-
-    def rule(chain: str, text: str) -> None:
-        rules.append(f"add rule ip {t} {chain} {text}")
-
+    parts = _Parts()
     for sp in ports:
-        if not sp.endpoints:
-            no_ep_addrs += [f"{ip} . {sp.protocol} . {sp.port}" for ip in sp.cluster_ips]
-            if sp.node_port and config.nodeports:
-                no_ep_nodes.append(f"{sp.protocol} . {sp.node_port}")
-            continue
-        chains.append(sp.chain)
-        branches = ", ".join(f"{i} : goto {sp.endpoint_chain(ep)}" for i, ep in enumerate(sp.endpoints))
-        rule(sp.chain, f"numgen {pick} mod {len(sp.endpoints)} vmap {{ {branches} }}")
-        for ep in sp.endpoints:
-            c = sp.endpoint_chain(ep)
-            chains.append(c)
-            rule(c, f"ip saddr {ep.ip} jump mark-for-masquerade")  # hairpin
-            rule(c, f"meta l4proto {sp.protocol} dnat to {ep.ip}:{ep.port}")
-        addr_elems += [f"{ip} . {sp.protocol} . {sp.port} : goto {sp.chain}" for ip in sp.cluster_ips]
-        if sp.node_port and config.nodeports:
-            chains.append(sp.external_chain)
-            rule(sp.external_chain, "jump mark-for-masquerade")
-            rule(sp.external_chain, f"goto {sp.chain}")
-            node_elems.append(f"{sp.protocol} . {sp.node_port} : goto {sp.external_chain}")
+        parts.add(sp, config)
+    chains, rules = parts.chains, [r for c in parts.chains for r in parts.rules[c]]
+    addr_elems, node_elems = parts.addr_elems, parts.node_elems
+    no_ep_addrs, no_ep_nodes = parts.no_ep_addrs, parts.no_ep_nodes
 
     lines = [
         "# rendered by rhizeption.core service_proxy: this table only, rebuilt in one transaction",
@@ -540,6 +613,7 @@ class Watcher:
         self.syncs = 0
         self.last_fingerprint: str | None = None
         self.udp_flows: set | None = None  # None until the first sync: nothing to forget yet
+        self.last_ports: List[ServicePort] | None = None  # what the live table was rendered from
 
     # one resource -------------------------------------------------------------------------
     def _list(self, res: _Resource) -> str:
@@ -614,15 +688,30 @@ class Watcher:
             return False
         for line in skipped:
             LOG.warning("skipped %s", line)
-        if live_fingerprint(self.config.table, self.nft, self.run) != wanted:
-            apply(script, self.nft, self.run)
+        delta = None
+        if self.last_ports is not None:
+            delta = render_delta(self.last_ports, ports, wanted, self.config)
+        try:
+            if delta is None:
+                raise ProxyError("no delta")
+            apply(delta, self.nft, self.run)
+            how = "changes"
+        except ProxyError as exc:
+            # The first sync, or the table is not what we left (someone changed it): rebuild.
+            if delta is not None:
+                LOG.warning("applying the changes failed, rebuilding the table: %s", exc)
+            self.last_ports = None
+            if live_fingerprint(self.config.table, self.nft, self.run) != wanted:
+                apply(script, self.nft, self.run)
+            how = "full"
+        self.last_ports = ports
         flows = udp_flows(ports)
         if self.udp_flows is not None and self.udp_flows - flows:
             forget_udp_flows(self.udp_flows - flows, self.run)
         self.udp_flows = flows
         self.last_fingerprint = wanted
         self.syncs += 1
-        LOG.info("synced %d services, %d endpoint slices (%s)", len(services), len(slices), wanted)
+        LOG.info("synced %d services, %d endpoint slices (%s, %s)", len(services), len(slices), how, wanted)
         return True
 
     def run_forever(self) -> None:

@@ -137,8 +137,10 @@ from ansible_collections.rhizeption.core.plugins.module_utils.service_proxy impo
     render,
 )
 
-if HAS_K8S:
+try:
     import kubernetes
+except ImportError:  # HAS_K8S says so; the module fails with missing_required_lib when it needs it
+    kubernetes = None
 
 
 def _read(path: str) -> str:

@@ -11,6 +11,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.service_proxy impo
     ProxyError,
     fingerprint_of,
     render,
+    render_delta,
     service_ports,
 )
 
@@ -258,3 +259,68 @@ def test_many_elements_are_split_over_several_lines():
 def test_a_bad_config_names_its_option(config, option):
     with pytest.raises(ProxyError, match=f"^{option}: "):
         render([], [], config)
+
+
+def delta(old_services, old_slices, new_services, new_slices, config=None):
+    config = config or ProxyConfig()
+    old, _ = service_ports(old_services, old_slices)
+    new, _ = service_ports(new_services, new_slices)
+    return render_delta(old, new, "f" * 32, config)
+
+
+def test_a_delta_rewrites_only_the_changed_service_and_its_endpoints():
+    script = delta(
+        [svc("web"), svc("db", ip="10.96.0.20")],
+        [eps("web", ["10.244.0.10", "10.244.0.11"]), eps("db", ["10.244.0.30"])],
+        [svc("web"), svc("db", ip="10.96.0.20")],
+        [eps("web", ["10.244.0.11", "10.244.0.12"]), eps("db", ["10.244.0.30"])],
+    )
+    lines = script.splitlines()[1:]
+    t = "ip rhizeption-proxy"
+    assert lines == [
+        f"flush chain {t} ep-default/web/tcp/80__10.244.0.10/8080",
+        f"flush chain {t} svc-default/web/tcp/80",
+        f"delete chain {t} ep-default/web/tcp/80__10.244.0.10/8080",
+        f"add chain {t} ep-default/web/tcp/80__10.244.0.12/8080",
+        f"add rule {t} ep-default/web/tcp/80__10.244.0.12/8080 ip saddr 10.244.0.12 jump mark-for-masquerade",
+        f"add rule {t} ep-default/web/tcp/80__10.244.0.12/8080 meta l4proto tcp dnat to 10.244.0.12:8080",
+        f"add rule {t} svc-default/web/tcp/80 numgen random mod 2 vmap"
+        " { 0 : goto ep-default/web/tcp/80__10.244.0.11/8080,"
+        " 1 : goto ep-default/web/tcp/80__10.244.0.12/8080 }",
+        f"delete chain {t} fingerprint",
+        f'add chain {t} fingerprint {{ comment "sha256:{"f" * 32}" ; }}',
+    ]
+    assert "db" not in script
+
+
+def test_a_delta_for_a_service_losing_its_endpoints_moves_it_to_the_reject_set():
+    script = delta([svc("web")], [eps("web", ["10.244.0.10"])], [svc("web")], [])
+    assert "delete element ip rhizeption-proxy service-addrs { 10.96.0.10 . tcp . 80 }" in script
+    assert "add element ip rhizeption-proxy no-endpoint-addrs { 10.96.0.10 . tcp . 80 }" in script
+    assert "delete chain ip rhizeption-proxy svc-default/web/tcp/80" in script
+    # references go before what they point to: flush, then elements, then chains
+    order = [line.split(" ip ")[0] for line in script.splitlines()[1:]]
+    assert order.index("delete element") < order.index("delete chain")
+    assert order.index("flush chain") < order.index("delete element")
+
+
+def test_a_delta_for_a_deleted_service_removes_everything_it_had():
+    nodeport = svc(
+        "web", stype="NodePort", ports=[{"name": "http", "protocol": "TCP", "port": 80, "nodePort": 30080}]
+    )
+    script = delta([nodeport], [eps("web", ["10.244.0.10"])], [], [])
+    for chain in (
+        "svc-default/web/tcp/80",
+        "ext-default/web/tcp/80",
+        "ep-default/web/tcp/80__10.244.0.10/8080",
+    ):
+        assert f"delete chain ip rhizeption-proxy {chain}" in script
+    assert "delete element ip rhizeption-proxy service-nodeports { tcp . 30080 }" in script
+    assert "add " not in script.replace("add chain ip rhizeption-proxy fingerprint", "")
+
+
+def test_no_change_gives_only_the_new_fingerprint_and_an_address_moving_gives_none():
+    same = delta([svc("web")], [eps("web", ["10.244.0.10"])], [svc("web")], [eps("web", ["10.244.0.10"])])
+    assert [line.split(" ip ")[0] for line in same.splitlines()[1:]] == ["delete chain", "add chain"]
+    moved = delta([svc("a")], [eps("a", ["10.244.0.10"])], [svc("b")], [eps("b", ["10.244.0.10"])])
+    assert moved is None
