@@ -342,11 +342,3 @@ class Kube:
                 if e.status != 410:
                     raise
                 # Our version was compacted away: list again and carry on.
-
-
-def wanted_fields(desired: Any, actual: Any) -> Any:
-    """The part of ACTUAL that DESIRED speaks about: what a diff should compare, so
-    fields the server adds (defaults, metadata) do not show as changes."""
-    if isinstance(desired, dict) and isinstance(actual, dict):
-        return {k: wanted_fields(v, actual.get(k)) for k, v in desired.items()}
-    return actual
