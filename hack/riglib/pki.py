@@ -8,11 +8,12 @@ the collection importable as ansible_collections.rhizeption.core.
 from __future__ import annotations
 
 import datetime
+import importlib
 import sys
 from pathlib import Path
 
 try:
-    import ansible_collections.rhizeption.core  # noqa: F401
+    importlib.import_module("ansible_collections.rhizeption.core")
 except ImportError:
     # Run with only hack/ on the path (a benchmark, a shell): use this checkout's collection.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".collections"))

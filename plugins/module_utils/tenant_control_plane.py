@@ -1297,8 +1297,8 @@ def derive_status(
     if spec["datastore"]["type"] == "etcd":
         workloads[ETCD] = _find(observed, "StatefulSet", etcd_names(tcp)[0])
     states = {c: _workload_state(w) for c, w in workloads.items()}
-    ready = {c: s == "Ready" for c, (s, _) in states.items()}
-    failed = [(c, m) for c, (s, m) in states.items() if s == "Failed"]
+    ready = {c: state[0] == "Ready" for c, state in states.items()}
+    failed = [(c, state[1]) for c, state in states.items() if state[0] == "Failed"]
     datastore_ready = ready.get(ETCD, True)
 
     status: Obj = {"observedGeneration": generation}

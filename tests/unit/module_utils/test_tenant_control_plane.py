@@ -201,7 +201,7 @@ def test_certificates_near_expiry_are_renewed_and_the_rest_kept(first_pki):
     apiserver = pki.load_cert(base64.b64decode(renewed["blue-apiserver"]["tls.crt"]))
     assert pki.not_after(apiserver) == later + datetime.timedelta(hours=8760)
     # kubeconfigs' client certificates are renewed too, not only the serving ones
-    _, _, admin = pki.read_kubeconfig(base64.b64decode(renewed["blue-admin-kubeconfig"]["kubeconfig"]))
+    admin = pki.read_kubeconfig(base64.b64decode(renewed["blue-admin-kubeconfig"]["kubeconfig"]))[2]
     assert pki.not_after(admin.cert) == later + datetime.timedelta(hours=8760)
     assert tcpmod.render_pki(tcp(), renewed, later) == tcpmod.render_pki(tcp(), renewed, later)
 
@@ -236,9 +236,9 @@ def test_a_load_balancer_address_moves_the_admin_kubeconfig_but_keeps_its_identi
     before = existing(first)
     changed = {name for name in after if after[name] != before[name]}
     assert changed == {"blue-apiserver", "blue-admin-kubeconfig"}
-    server, _, client = pki.read_kubeconfig(base64.b64decode(after["blue-admin-kubeconfig"]["kubeconfig"]))
+    server, _ca, client = pki.read_kubeconfig(base64.b64decode(after["blue-admin-kubeconfig"]["kubeconfig"]))
     assert server == "https://203.0.113.5:6443"
-    _, _, old_client = pki.read_kubeconfig(base64.b64decode(before["blue-admin-kubeconfig"]["kubeconfig"]))
+    old_client = pki.read_kubeconfig(base64.b64decode(before["blue-admin-kubeconfig"]["kubeconfig"]))[2]
     assert client.cert == old_client.cert
 
 
