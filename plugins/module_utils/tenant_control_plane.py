@@ -53,6 +53,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     owner_reference,
     status_of,
 )
+from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import TERMINAL_WAITING_REASONS
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Obj, Resource
 
 TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
@@ -1246,6 +1247,20 @@ def _find(observed: Sequence[Obj], kind: str, name: str) -> Obj | None:
     return next((o for o in observed if o.get("kind") == kind and meta(o, "name") == name), None)
 
 
+def _pod_trouble(observed: Sequence[Obj], tcp: Obj, component: str) -> str | None:
+    """Why a Pod of COMPONENT cannot start, when waiting will not help (an image that is
+    not there, a bad config): a StatefulSet never says so itself."""
+    wanted = selector_labels(tcp, component)
+    for pod in observed:
+        if pod.get("kind") != "Pod" or not wanted.items() <= (meta(pod, "labels") or {}).items():
+            continue
+        for cs in status_of(pod).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in TERMINAL_WAITING_REASONS:
+                return f"Pod {meta(pod, 'name')}: {waiting['reason']}: {waiting.get('message') or ''}".strip()
+    return None
+
+
 def _workload_state(obj: Obj | None) -> Tuple[str, str]:
     """("Missing" | "Progressing" | "Ready" | "Failed", message) of a Deployment or StatefulSet."""
     if obj is None:
@@ -1275,7 +1290,8 @@ def derive_status(
     node_addresses: Sequence[str] = (),
 ) -> Obj:
     """TenantControlPlane status from the objects that exist (its StatefulSet and
-    Deployments). Nothing is assumed: no workload means Pending, whatever happened before.
+    Deployments, and their Pods when given). Nothing is assumed: no workload means
+    Pending, whatever happened before.
 
     Pending       no workload exists yet
     Provisioning  the datastore or the kube-apiserver is not ready
@@ -1283,7 +1299,8 @@ def derive_status(
     Ready         every component runs the wanted spec, all replicas ready
     Upgrading     Provisioning or Initialized while an older version ran before
     Deleting      the TenantControlPlane is being deleted
-    Failed        a Deployment gave up progressing (failureReason/failureMessage say which)
+    Failed        a Deployment gave up progressing, or a component's Pod cannot start
+                  (failureReason/failureMessage say which)
     """
     spec = spec_of(tcp)
     name = tcp["metadata"]["name"]
@@ -1297,6 +1314,10 @@ def derive_status(
     if spec["datastore"]["type"] == "etcd":
         workloads[ETCD] = _find(observed, "StatefulSet", etcd_names(tcp)[0])
     states = {c: _workload_state(w) for c, w in workloads.items()}
+    for component in states:
+        trouble = _pod_trouble(observed, tcp, component)
+        if trouble:
+            states[component] = ("Failed", trouble)
     ready = {c: state[0] == "Ready" for c, state in states.items()}
     failed = [(c, state[1]) for c, state in states.items() if state[0] == "Failed"]
     datastore_ready = ready.get(ETCD, True)

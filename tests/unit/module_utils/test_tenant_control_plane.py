@@ -766,6 +766,30 @@ def test_a_stuck_deployment_fails_with_its_reason():
     assert conditions(status)["APIServerReady"] == ("False", "Failed")
 
 
+def test_an_etcd_pod_that_cannot_start_fails_the_tenant():
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "blue-etcd-0", "labels": tcpmod.labels(tcp(), "etcd")},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "etcd",
+                    "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image is not present"}},
+                }
+            ],
+        },
+    }
+    other_tenant = copy.deepcopy(pod)
+    other_tenant["metadata"]["labels"][TENANT_LABEL] = "green"
+    status = tcpmod.derive_status(tcp(), [*observed(tcp()), other_tenant], NOW_TEXT)
+    assert status["phase"] == "Provisioning"
+    status = tcpmod.derive_status(tcp(), [*observed(tcp()), pod], NOW_TEXT)
+    assert status["phase"] == "Failed"
+    assert status["failureReason"] == "DatastoreFailed"
+    assert status["failureMessage"] == "etcd: Pod blue-etcd-0: ErrImageNeverPull: image is not present"
+
+
 def test_deleting_wins():
     obj = tcp()
     obj["metadata"]["deletionTimestamp"] = NOW_TEXT
