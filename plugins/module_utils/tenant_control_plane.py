@@ -84,12 +84,14 @@ IMAGE_REPOSITORY = "localhost/rhizeption"
 API_PORT = 6443
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
-ETCD_METRICS_PORT = 2381  # plain HTTP, /livez and /readyz only need it: the kubelet probes there
+ETCD_METRICS_PORT = 2381  # plain HTTP, health (/livez, /readyz) and metrics: for the kubelet's probes
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
 NODE_PORT_RANGE = (30000, 32767)
 MAX_REPLICAS = 5
-MAX_NAME = 40  # NAME-controller-manager-<hash>-<hash> must stay a DNS label; the CRD says the same
+# Service names (NAME-etcd-peers) and the labels of etcd members' DNS names must stay DNS
+# labels (63), with room to spare for NAME-controller-manager; the CRD says the same.
+MAX_NAME = 40
 HOST_CLUSTER_DOMAIN = "cluster.local"
 TENANT_CLUSTER_DOMAIN = "cluster.local"
 DEFAULTS: Obj = {
