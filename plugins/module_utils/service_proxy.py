@@ -697,6 +697,8 @@ class Watcher:
             apply(delta, self.nft, self.run)
             how = "changes"
         except ProxyError as exc:
+            if self.stop.is_set():
+                raise  # stopping (nft may have got our SIGTERM too): no rebuild now
             # The first sync, or the table is not what we left (someone changed it): rebuild.
             if delta is not None:
                 LOG.warning("applying the changes failed, rebuilding the table: %s", exc)

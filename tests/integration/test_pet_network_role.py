@@ -151,8 +151,14 @@ def test_a_new_pet_in_the_inventory_joins_without_touching_the_others(role: Role
     before = role.lab.run(role.gw, "wg", "show", role.ifname("gw"), "latest-handshakes")
     role.add_pet("c", 3)
     preview = role.play("--check")
-    # The new pet's key does not exist yet, so in check mode nothing fails and nothing changes on the hub.
-    assert preview["stats"]["gw"]["changed"] == 0
+    # The new pet's key does not exist yet (the run would make it: that is the change the
+    # hub reports), so in check mode nothing fails and the hub's interface keeps its peers.
+    hub_task = [
+        t["hosts"]["gw"]
+        for t in preview["plays"][0]["tasks"]
+        if t["task"]["name"].endswith("The hub, with every pet as a peer") and "gw" in t["hosts"]
+    ]
+    assert hub_task and hub_task[0]["changed"] is False, hub_task
     role.play()
     assert reachable_within(role.hosts["petc"]["ns"], "10.244.255.2", 15)
     after = dict(
@@ -161,3 +167,26 @@ def test_a_new_pet_in_the_inventory_joins_without_touching_the_others(role: Role
     )
     for key, stamp in (line.split("\t") for line in before.splitlines()):
         assert after[key] == stamp, "an existing pet's session was renewed"
+
+
+def test_rotating_a_pets_key_with_limit_keeps_the_other_pets(role: RoleLab) -> None:
+    """--limit petb,gw: the hub still knows pet A and pet C (their keys are read on them),
+    so it keeps them; only B's session starts over with its new key."""
+    hub = role.ifname("gw")
+    before = dict(
+        line.split("\t")
+        for line in role.lab.run(role.gw, "wg", "show", hub, "latest-handshakes").splitlines()
+    )
+    old_b = role.lab.run(role.hosts["petb"]["ns"], "wg", "show", role.ifname("petb"), "public-key").strip()
+    role.play("--limit", "petb,gw", "-e", json.dumps({"pet_node_network_rotate_hosts": ["petb"]}))
+    new_b = role.lab.run(role.hosts["petb"]["ns"], "wg", "show", role.ifname("petb"), "public-key").strip()
+    assert new_b != old_b
+    after = dict(
+        line.split("\t")
+        for line in role.lab.run(role.gw, "wg", "show", hub, "latest-handshakes").splitlines()
+    )
+    assert old_b not in after and new_b in after
+    for key, stamp in before.items():
+        if key != old_b:
+            assert after[key] == stamp, "another pet's session was touched"
+    assert reachable_within(role.hosts["peta"]["ns"], "10.244.255.3", 20)
