@@ -1132,6 +1132,11 @@ def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapp
         f"--cert-file={p}/etcd-server/tls.crt",
         f"--key-file={p}/etcd-server/tls.key",
         "--peer-client-cert-auth=true",
+        # etcd checks a connecting peer's SANs against its address, a Pod IP that is unknown
+        # when the certificate is made (it falls back to reverse DNS of that IP, which is not
+        # to be relied on): peers are admitted by their CA and the peer certificate's CN.
+        "--peer-skip-client-san-verification=true",
+        f"--peer-cert-allowed-cn={name}-etcd-peer",
         f"--peer-trusted-ca-file={p}/etcd-peer/ca.crt",
         f"--peer-cert-file={p}/etcd-peer/tls.crt",
         f"--peer-key-file={p}/etcd-peer/tls.key",

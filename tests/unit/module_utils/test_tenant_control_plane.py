@@ -339,6 +339,11 @@ def test_etcd_statefulset_tls_everywhere_and_persistent_data():
     assert flag(args, "client-cert-auth") == flag(args, "peer-client-cert-auth") == "true"
     assert flag(args, "cert-file") == "/etc/kubernetes/pki/etcd-server/tls.crt"
     assert flag(args, "peer-cert-file") == "/etc/kubernetes/pki/etcd-peer/tls.crt"
+    # peers are admitted by CA and CN: their Pod IPs are not in any certificate
+    assert flag(args, "peer-skip-client-san-verification") == "true"
+    assert flag(args, "peer-cert-allowed-cn") == "blue-etcd-peer"
+    peer_cert = cert_of(tcpmod.render_pki(tcp(), {}, NOW), "blue-etcd-peer")
+    assert pki.subject_is(peer_cert, "blue-etcd-peer")
     claim = sts["spec"]["volumeClaimTemplates"][0]
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["storageClassName"] == "fast"
