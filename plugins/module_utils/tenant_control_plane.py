@@ -896,15 +896,21 @@ def _pdb(tcp: Obj, name: str, component: str, *, min_available: int | None = Non
 
 
 def _deployment(tcp: Obj, component: str, *, name: str, pod_spec: Obj, digest: str) -> Obj:
+    replicas = int(spec_of(tcp)["replicas"])
+    # One at a time, never below the replicas asked for: a control plane stays up while it
+    # rolls. A lone controller-manager or scheduler has no leader election, so the old one
+    # goes before the new one starts rather than both acting at once.
+    strategy: Obj = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    if replicas == 1 and component in (CONTROLLER_MANAGER, SCHEDULER):
+        strategy = {"type": "Recreate"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(tcp, name, component),
         "spec": {
-            "replicas": int(spec_of(tcp)["replicas"]),
+            "replicas": replicas,
             "selector": {"matchLabels": selector_labels(tcp, component)},
-            # One at a time, never below the replicas asked for: a control plane stays up while it rolls.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": strategy,
             "template": _template(tcp, component, pod_spec, digest),
         },
     }

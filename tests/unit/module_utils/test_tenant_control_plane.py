@@ -443,10 +443,17 @@ def test_leader_election_and_pdbs_only_with_several_replicas():
     for name in ("blue-controller-manager", "blue-scheduler"):
         assert flag(args_of(single, "Deployment", name), "leader-elect") == "false"
     assert not [o for o in single if o["kind"] == "PodDisruptionBudget"]
+    # without leader election, a lone controller never overlaps with its successor
+    assert by_name(single)[("Deployment", "blue-scheduler")]["spec"]["strategy"] == {"type": "Recreate"}
+    assert by_name(single)[("Deployment", "blue-apiserver")]["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 1,
+        "maxUnavailable": 0,
+    }
     triple = tcpmod.render(tcp(replicas=3))
     for name in ("blue-controller-manager", "blue-scheduler"):
         assert flag(args_of(triple, "Deployment", name), "leader-elect") == "true"
         assert by_name(triple)[("Deployment", name)]["spec"]["replicas"] == 3
+        assert by_name(triple)[("Deployment", name)]["spec"]["strategy"]["type"] == "RollingUpdate"
     pdbs = {o["metadata"]["name"]: o["spec"] for o in triple if o["kind"] == "PodDisruptionBudget"}
     assert set(pdbs) == {"blue-etcd", "blue-apiserver", "blue-controller-manager", "blue-scheduler"}
     assert pdbs["blue-apiserver"]["maxUnavailable"] == 1
