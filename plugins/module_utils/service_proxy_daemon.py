@@ -37,7 +37,7 @@ except ImportError:  # copied next to service_proxy.py on a pet node
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:  # noqa: UP045
-    p = argparse.ArgumentParser(prog="service_proxy_daemon", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="service_proxy_daemon", description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument(
         "--kubeconfig", help="kubeconfig to reach the API server (default: in-cluster or ~/.kube/config)"
     )
@@ -101,4 +101,4 @@ def main(argv: Optional[List[str]] = None) -> int:  # noqa: UP045
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -23,7 +23,7 @@ description:
     are skipped and listed in RV(skipped); the rest is still applied.
 version_added: 0.1.0
 author:
-  - rhizeption.core developers
+  - rhizeption.core developers (@rhizeption)
 options:
   state:
     description: V(present) serves the Services; V(absent) deletes our table.
@@ -81,8 +81,10 @@ options:
     default: nft
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Returns what changed (or would change, in check mode) as a diff.
     support: full
 requirements:
   - kubernetes (the Python client), unless O(services) is given
@@ -219,8 +221,8 @@ def main() -> None:
                 module.fail_json(msg=missing_required_lib("kubernetes"))
             client = kubernetes.config.new_client_from_config(p["kubeconfig"], context=p["context"])
             try:
-                services, _ = list_objects(client, SERVICES_PATH)
-                slices, _ = list_objects(client, ENDPOINT_SLICES_PATH)
+                services, _version = list_objects(client, SERVICES_PATH)
+                slices, _version = list_objects(client, ENDPOINT_SLICES_PATH)
             finally:
                 client.close()
         script, skipped = render(services, slices, config)

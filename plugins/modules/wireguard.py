@@ -24,7 +24,7 @@ description:
     after a reboot.
 version_added: 0.1.0
 author:
-  - rhizeption.core developers
+  - rhizeption.core developers (@rhizeption)
 options:
   name:
     description: Interface name, 1 to 15 characters.
@@ -109,8 +109,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Returns what changed (or would change, in check mode) as a diff.
     support: full
 notes:
   - Needs C(wg) (wireguard-tools) and C(ip) (iproute2) on the managed host, and

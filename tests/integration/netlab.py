@@ -91,7 +91,7 @@ class Lab:
     def pod(self, role: str, bridge_ns: str, bridge: str, addr: str, gateway: str) -> str:
         """A namespace plugged into BRIDGE like a Pod: one address, a default route."""
         ns = self.ns(role)
-        host_end, _ = self.veth(bridge_ns, "", ns, addr)
+        host_end, _pod_end = self.veth(bridge_ns, "", ns, addr)
         self.run(bridge_ns, "ip", "link", "set", host_end, "master", bridge)
         self.run(ns, "ip", "route", "add", "default", "via", gateway)
         return ns

@@ -391,9 +391,9 @@ def test_the_table_the_daemon_changed_step_by_step_equals_a_fresh_build(env: Env
 
     env.wait_table(lambda t: True, "")
     assert " (changes, " in env.proxy.log.read_text()  # deltas were used
-    services, _ = core.list_objects(env.api, core.SERVICES_PATH)
-    slices, _ = core.list_objects(env.api, core.ENDPOINT_SLICES_PATH)
-    script, _ = core.render(
+    services, _version = core.list_objects(env.api, core.SERVICES_PATH)
+    slices, _version = core.list_objects(env.api, core.ENDPOINT_SLICES_PATH)
+    script, _skipped = core.render(
         services,
         slices,
         core.ProxyConfig(cluster_cidr="10.244.0.0/16", masquerade_interfaces=[env.topo.pets["a"].ifname]),

@@ -81,7 +81,7 @@ def _continuous_ping(topo: Topology, ns: str, dst: str) -> subprocess.Popen:
 
 def _stop_ping(proc: subprocess.Popen) -> tuple[int, int]:
     proc.send_signal(2)
-    out, _ = proc.communicate(timeout=10)
+    out, _err = proc.communicate(timeout=10)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
