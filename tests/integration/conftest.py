@@ -131,7 +131,8 @@ def hn_crds(run_playbook) -> PlaybookRun:
     return run
 
 
-KWOK_NODE_LABELS = {"type": "kwok", "hn.rhizeption.io/test-host": "kwok"}
+# Not `type: kwok`: test_control_plane selects its own kwok Node by that label.
+KWOK_NODE_LABELS = {"hn.rhizeption.io/test-host": "kwok"}
 
 
 @pytest.fixture(scope="session")
