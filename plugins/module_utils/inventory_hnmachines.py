@@ -24,6 +24,7 @@ HOST_FORMAT_FIELDS = ("name", "namespace", "uid", "cluster")
 CONNECTION_TYPES = ("kubectl", "ssh", "none")
 KUBECTL_CONNECTION = "kubernetes.core.kubectl"
 NODE_CONTAINER = "node"  # the container of a machine's Pod that runs the node
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 ADDRESS_TYPES = ("Hostname", "InternalIP", "ExternalIP", "InternalDNS", "ExternalDNS")
 STATUS_ADDRESS_FIELDS = {
     "status.podIP": "podIP",
@@ -208,6 +209,14 @@ def address(status: Obj, preference: Tuple[str, ...]) -> str | None:
     return None
 
 
+def _annotations(meta: Obj) -> Obj:
+    annotations = meta.get("annotations") or {}
+    if LAST_APPLIED in annotations:
+        # A copy of the whole object that `kubectl apply` leaves: no use as a variable.
+        return {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return annotations
+
+
 def connection_group(settings: Settings) -> str | None:
     if settings.connection_type != "kubectl":
         return None
@@ -294,7 +303,7 @@ def hosts_from(items: List[Obj], settings: Settings) -> Result:  # noqa: PLR0915
             k_host_node: status.get("hostNodeName"),
             k_addresses: status.get("addresses") or [],
             k_labels: labels,
-            k_annotations: meta.get("annotations") or {},
+            k_annotations: _annotations(meta),
             k_conditions: status.get("conditions") or [],
             k_provider: spec.get("providerID"),
             k_reason: status.get("failureReason"),

@@ -222,6 +222,13 @@ def test_a_failed_machine_is_kept_with_its_reason():
     assert {"hn_not_ready", "hn_phase_failed"} <= set(host.groups)
 
 
+def test_kubectls_copy_of_the_object_is_not_an_annotation_variable():
+    m = machine(status=READY)
+    m["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = '{"kind": "HnMachine"}'
+    host = hosts_from([m], Settings()).hosts[0]
+    assert host.vars["hn_annotations"] == {"note": "x"}
+
+
 def test_another_prefix():
     host = hosts_from([machine(status=READY)], Settings(var_prefix="m_")).hosts[0]
     assert host.vars["m_phase"] == "Ready" and not [k for k in host.vars if k.startswith("hn_")]
