@@ -33,8 +33,8 @@ description:
     C(hn_node_name), C(hn_pod_name), C(hn_pod_ip), C(hn_host_ip), C(hn_host_node), C(hn_addresses),
     C(hn_labels), C(hn_annotations), C(hn_conditions), C(hn_provider_id), C(hn_failure_reason),
     C(hn_failure_message). Every host has all of them; a value the machine does not report
-    yet is null (or empty). C(hn_annotations) leaves out kubectl's
-    C(last-applied-configuration), a copy of the whole object.'
+    yet is null (or empty). C(hn_annotations) leaves out
+    C(kubectl.kubernetes.io/last-applied-configuration), a copy of the whole object.'
   - 'Default groups (with the default O(group_prefix) C(hn_)), all children of O(root_group):
     C(hn_cluster_<namespace>_<cluster>) per HnCluster, C(hn_namespace_<namespace>),
     C(hn_phase_<phase>) (lower case, for example C(hn_phase_ready)), C(hn_ready) and
