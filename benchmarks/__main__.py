@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import common, rig_start, service_proxy
+from . import common, inventory, rig_start, service_proxy
 
-BENCHMARKS = {"rig_start": rig_start, "service_proxy": service_proxy}
+BENCHMARKS = {"rig_start": rig_start, "inventory": inventory, "service_proxy": service_proxy}
 
 
 def main(names: list[str]) -> int:
