@@ -35,6 +35,9 @@ except ImportError as e:  # reported by the module or plugin that needs it
 
 FIELD_MANAGER = "rhizeption.core"
 PAGE_SIZE = 500
+# (connect, read) seconds for one request: an endpoint that drops packets fails the task
+# instead of hanging it. Watches set their own read timeout, past their server-side end.
+REQUEST_TIMEOUT = (10.0, 60.0)
 # A server-side watch ends after this many seconds at most; the caller's deadline rules.
 WATCH_CHUNK_SECONDS = 60
 
@@ -126,7 +129,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         stream: bool = False,
-        timeout: float | None = None,
+        timeout: float | Tuple[float, float] = REQUEST_TIMEOUT,
         what: str = "",
     ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
