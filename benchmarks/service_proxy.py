@@ -291,8 +291,9 @@ def run() -> dict:
             print(f"service_proxy bench: {n + 1} Services done", file=sys.stderr)
         api.close()
         results["notes"] = (
-            "ours rebuilds its whole table per sync (one nft transaction); kube-proxy "
-            "(nftables mode, v1.34 defaults: 1 s min sync period) updates incrementally. "
+            "ours builds its table in one nft transaction on start, then applies deltas (it "
+            "still renders every Service in Python per sync); kube-proxy (nftables mode, v1.34 "
+            "defaults: 1 s min sync period) updates incrementally. "
             "Full sync includes process start (Python and its imports for ours)."
         )
         return results

@@ -13,9 +13,11 @@ Three steps, one copy of the knowledge:
 - `apply(script)` runs it with `nft -f`: the script re-creates our table in one
   transaction, so either all of it is live or (on an error) the previous ruleset stays.
   Only our table is named; other tables (podman's netavark writes `ip nat`) are never
-  touched.
+  touched. `render_delta(old, new)` is the same knowledge applied to a change: only the
+  Service ports that differ, also in one transaction.
 - `Watcher` lists and watches Services and EndpointSlices, re-lists when a watch ends or
-  fails (410 Gone, API-server restart), and applies a fresh render after a short debounce.
+  fails (410 Gone, API-server restart), and after a short debounce applies the delta from
+  what it applied last (a full rebuild on start or when a delta fails).
   `service_proxy_daemon.py` runs it; the `service_proxy` module does one sync.
 
 Layout of the table (family ip):
