@@ -24,6 +24,7 @@ run is the figure. SERVICE_PROXY_BENCH_SIZES=200,500 makes a quick run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,6 +297,7 @@ def run() -> dict:
             "defaults: 1 s min sync period) updates incrementally. "
             "Full sync includes process start (Python and its imports for ours)."
         )
+        shutil.rmtree(tmp, ignore_errors=True)  # the logs are kept only when something failed
         return results
     finally:
         for r in runners:
