@@ -25,9 +25,8 @@ class Response:
         self.released = True
 
 
-class FakeApi:
-    """The kubernetes client before 35: call_api(path, method, ...) returns (response,
-    status, headers) and raises ApiException. Answers come from a script."""
+class Scripted:
+    """Answers requests from a script, and records them."""
 
     def __init__(self, answers: list) -> None:
         self.answers = list(answers)
@@ -39,6 +38,11 @@ class FakeApi:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+class FakeApi(Scripted):
+    """The kubernetes client before 35: call_api(path, method, ...) returns (response,
+    status, headers) and raises ApiException."""
 
     def call_api(self, path, method, query_params=(), header_params=None, body=None, **_kwargs):
         return (self._answer(method, path, query_params), 200, {})
@@ -54,7 +58,7 @@ class Answer:
         pass
 
 
-class FakeRegeneratedApi(FakeApi):
+class FakeRegeneratedApi(Scripted):
     """The kubernetes client from 35 on (the one requirements pin today): param_serialize
     builds the request, call_api sends it and answers errors without raising, and
     response_deserialize raises them."""
