@@ -22,7 +22,6 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import quote
 
 try:
-    from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import get_api_client
     from kubernetes.client.exceptions import ApiException
     from kubernetes.watch.watch import iter_resp_lines
 
@@ -32,6 +31,11 @@ except ImportError as e:  # reported by the module or plugin that needs it
     HAS_KUBERNETES = False
     KUBERNETES_IMPORT_ERROR = e
     ApiException = Exception  # type: ignore[assignment,misc]
+
+try:  # only for api_client_from; the Service proxy on a pet node runs without it
+    from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import get_api_client
+except ImportError:
+    get_api_client = None
 
 FIELD_MANAGER = "rhizeption.core"
 PAGE_SIZE = 500
@@ -105,6 +109,8 @@ class KubeError(Exception):
 
 def api_client_from(module: Any = None, **auth: Any) -> Any:
     """The ApiClient of kubernetes.core's connection for an AnsibleK8SModule or auth options."""
+    if get_api_client is None:
+        raise KubeError("the kubernetes.core collection is required to connect with its options")
     # get_api_client returns K8SClient -> K8SDynamicClient -> kubernetes ApiClient.
     return get_api_client(module=module, **auth).client.client
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import random
 import re
@@ -50,15 +49,15 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
-from urllib.parse import quote
 
 try:
-    import urllib3  # comes with kubernetes: the Watcher and the module read the API with it
-    from kubernetes.watch.watch import iter_resp_lines
-
-    HAS_K8S = True
-except ImportError:  # render and apply work without it
-    HAS_K8S = False
+    from ansible_collections.rhizeption.core.plugins.module_utils.kube import (
+        HAS_KUBERNETES as HAS_K8S,  # render and apply work without it
+    )
+    from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, KubeError
+except ImportError:  # copied next to kube.py on a pet node
+    from kube import HAS_KUBERNETES as HAS_K8S  # type: ignore[no-redef]
+    from kube import Kube, KubeError  # type: ignore[no-redef]
 
 LOG = logging.getLogger("rhizeption.service_proxy")
 
@@ -532,38 +531,9 @@ SERVICES_PATH = "/api/v1/services"
 ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 
 
-def request(api_client: Any, path: str, timeout: Tuple[float, float], **params: Any) -> Any:
-    """A raw GET on the client's own connection pool (its TLS and proxy settings) and
-    credentials. Plain JSON dicts: the generated calls build model objects, and the newest
-    clients spend about a second validating the first call of each method, which a proxy
-    starting on a pet node (and every full sync) would pay."""
-    cfg = api_client.configuration
-    headers = {"Accept": "application/json"}
-    token = cfg.get_api_key_with_prefix("authorization")  # also refreshes exec/OIDC tokens
-    if token:
-        headers["Authorization"] = token
-    query = "&".join(
-        f"{k}={'true' if v is True else 'false' if v is False else quote(str(v), safe='')}"
-        for k, v in params.items()
-    )
-    resp = api_client.rest_client.pool_manager.request(
-        "GET",
-        f"{cfg.host}{path}{'?' + query if query else ''}",
-        headers=headers,
-        preload_content=False,
-        timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-    )
-    if not 200 <= resp.status < 300:
-        body = resp.data[:300]
-        resp.release_conn()
-        raise ProxyError(f"GET {path}: HTTP {resp.status}: {body!r}")
-    return resp
-
-
 def list_objects(api_client: Any, path: str) -> Tuple[List[Obj], str]:
-    """Every object at PATH (all namespaces) and the list's resourceVersion."""
-    data = json.loads(request(api_client, path, (5, 60)).data)
-    return data.get("items") or [], data["metadata"]["resourceVersion"]
+    """Every object at PATH (all namespaces, in pages) and the list's resourceVersion."""
+    return Kube(api_client).list(path)
 
 
 # -- watching the API ---------------------------------------------------------------------------
@@ -631,26 +601,10 @@ class Watcher:
     def _watch(self, res: _Resource, rv: str) -> None:
         # Spread the watches' ends so both resources do not re-list at the same moment.
         timeout = int(self.watch_timeout * random.uniform(0.8, 1.0)) or 1
-        resp = request(
-            self.api,
-            res.path,
-            (5, timeout + 30),
-            watch=True,
-            resourceVersion=rv,
-            allowWatchBookmarks=True,
-            timeoutSeconds=timeout,
-        )
         try:
-            for line in iter_resp_lines(resp):
+            for kind, obj in Kube(self.api).watch(res.path, rv, timeout_seconds=timeout):
                 if self.stop.is_set():
                     return
-                if not line:
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    LOG.info("%s watch ended: %s", res.kind, obj.get("message") or obj)
-                    return  # 410 Gone and friends: list again
                 if kind == "BOOKMARK":
                     continue
                 meta = obj.get("metadata") or {}
@@ -661,8 +615,8 @@ class Watcher:
                     else:
                         res.objects[key] = obj
                 self.dirty.set()
-        finally:
-            resp.release_conn()
+        except KubeError as e:
+            LOG.info("%s watch ended: %s", res.kind, e)  # 410 Gone and friends: list again
 
     def _follow(self, res: _Resource) -> None:
         backoff = 0.2

@@ -4,7 +4,8 @@
         --kubeconfig /etc/rhizeption/proxy.kubeconfig --cluster-cidr 10.244.0.0/16 \\
         --masquerade-interface wg-pets
 
-On a pet node the role copies this file and service_proxy.py side by side into one folder
+On a pet node the role copies this file, service_proxy.py and kube.py (the collection's
+JSON client, which lists and watches) side by side into one folder
 and runs `python3 -m service_proxy_daemon` there (a systemd unit): both import paths work,
 and the knowledge stays in service_proxy.py alone.
 
