@@ -191,6 +191,20 @@ class ControlPlane:
         self.state = None
         return killed
 
+    def restart(self, component: str) -> None:
+        """Stop COMPONENT and start it again on the same port, certificates and data: how
+        tests see clients live through an API server or etcd restart."""
+        state = self._require_state()
+        index = next((i for i, p in enumerate(state.processes) if p.component == component), None)
+        if index is None:
+            raise RigError(f"{component} is not part of this rig ({', '.join(state.components)})")
+        self._stop(state.processes.pop(index))
+        self._start(component, toolchain.binary(component))
+        self._wait_ready(component)
+        # Back to its place in start order, so that down() still stops in reverse order.
+        state.processes.insert(index, state.processes.pop())
+        state.save()
+
     def alive(self) -> dict[str, bool]:
         state = self._require_state()
         return {p.component: _alive(p) for p in state.processes}

@@ -21,7 +21,6 @@ from pathlib import Path
 import kubernetes
 import pytest
 from netlab import COLLECTIONS, Lab, Topology, lab_leftovers
-from riglib import toolchain
 from riglib.controlplane import MINIMAL, ControlPlane
 
 TABLE = "rhizeption-proxy"
@@ -185,14 +184,8 @@ class Env:
 
 
 def restart_apiserver(cp: ControlPlane) -> None:
-    """Stop kube-apiserver and start it again on the same port, certificates and etcd.
-    riglib has no public call for one component; its own start/wait steps are reused."""
-    state = cp.state
-    old = next(p for p in state.processes if p.component == "kube-apiserver")
-    cp._stop(old)
-    state.processes.remove(old)
-    cp._start("kube-apiserver", toolchain.binary("kube-apiserver"))
-    cp._wait_ready("kube-apiserver")
+    """Stop kube-apiserver and start it again on the same port, certificates and etcd."""
+    cp.restart("kube-apiserver")
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,33 @@ def test_up_then_down_leaves_no_process_and_no_folder(tmp_path) -> None:
     assert not (tmp_path / "rig").exists()
 
 
+def test_restart_keeps_the_port_the_data_and_the_stop_order(tmp_path) -> None:
+    import kubernetes
+
+    cp = ControlPlane(tmp_path / "rig", MINIMAL, die_with_parent=True)
+    cp.up()
+    try:
+        server = cp.server
+        client = kubernetes.config.new_client_from_config(str(cp.kubeconfig))
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_namespaced_config_map("default", {"metadata": {"name": "kept"}, "data": {"a": "1"}})
+        before = {p.component: p.pid for p in cp.state.processes}
+        for component in ("kube-apiserver", "etcd", "kube-apiserver"):
+            cp.restart(component)
+        after = {p.component: p.pid for p in cp.state.processes}
+        assert [p.component for p in cp.state.processes] == list(MINIMAL)
+        assert all(after[c] != before[c] for c in MINIMAL) and all(cp.alive().values())
+        assert cp.server == server
+        assert core.read_namespaced_config_map("kept", "default").data == {"a": "1"}
+        with pytest.raises(RigError, match="kwok is not part of this rig"):
+            cp.restart("kwok")
+        client.close()
+    finally:
+        state = cp.state
+        cp.down()
+    assert_gone(state)
+
+
 def test_the_command_line_prints_the_kubeconfig_and_cleans_up(tmp_path) -> None:
     env = {**os.environ, "RHIZEPTION_RIG_DIR": str(tmp_path)}
     up = subprocess.run(
