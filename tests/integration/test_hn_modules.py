@@ -170,9 +170,20 @@ def test_machine_status_progresses_from_pending_to_running_as_its_pod_runs(
     phases: list[str] = []
     started = threading.Event()
 
+    # Watched from a listed version, so every status write after it is seen in order.
+    since = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "hnmachines")["metadata"][
+        "resourceVersion"
+    ]
+
     def record() -> None:
         stream = kubernetes.watch.Watch().stream(
-            custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "hnmachines", timeout_seconds=120
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            "hnmachines",
+            resource_version=since,
+            timeout_seconds=120,
         )
         started.set()
         for event in stream:
