@@ -28,6 +28,8 @@ DELETE_MACHINE_ANNOTATION = f"{GROUP}/delete-machine"
 # Holds an HnMachine until its Pod is gone, so a machine never disappears before its node.
 MACHINE_FINALIZER = f"{GROUP}/machine"
 
+# The container of a machine's Pod that runs the node (kubectl exec lands there).
+NODE_CONTAINER = "node"
 MACHINE_PHASES = ("Pending", "Provisioning", "Running", "Ready", "Deleting", "Failed")
 CLUSTER_PHASES = ("Pending", "Provisioning", "Ready", "Deleting", "Failed")
 

@@ -22,6 +22,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     MACHINE_FINALIZER,
     MACHINE_LABEL,
     MANAGED_BY,
+    NODE_CONTAINER,
     apply_status,
     condition,
     meta,
@@ -30,7 +31,6 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
 )
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import POD, Kube, KubeError, Obj
 
-NODE_CONTAINER = "node"
 # Maps merged key by key when a machine overrides its cluster's template; every other
 # field of the machine's template replaces the cluster's.
 MERGED_TEMPLATE_MAPS = ("nodeLabels", "podLabels", "nodeSelector")

@@ -20,10 +20,11 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Tuple
 
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import MACHINE_PHASES, NODE_CONTAINER
+
 HOST_FORMAT_FIELDS = ("name", "namespace", "uid", "cluster")
 CONNECTION_TYPES = ("kubectl", "ssh", "none")
 KUBECTL_CONNECTION = "kubernetes.core.kubectl"
-NODE_CONTAINER = "node"  # the container of a machine's Pod that runs the node
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 ADDRESS_TYPES = ("Hostname", "InternalIP", "ExternalIP", "InternalDNS", "ExternalDNS")
 STATUS_ADDRESS_FIELDS = {
@@ -149,9 +150,6 @@ def settings_from(get: Callable[[str], Any], file_options: Obj | None = None) ->
         )
     phases = _str_list("phases", get("phases"))
     if phases:
-        # Imported here: hn_api brings in the kubernetes client, which a cache hit does without.
-        from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import MACHINE_PHASES  # noqa: PLC0415
-
         bad = [p for p in phases if p not in MACHINE_PHASES]
         if bad:
             raise OptionError("phases", f"unknown {', '.join(bad)}; choose from {', '.join(MACHINE_PHASES)}")

@@ -15,27 +15,19 @@ and watches are all plain HTTP calls on those paths.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 from urllib.parse import quote
 
-try:
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.watch.watch import iter_resp_lines
-
-    HAS_KUBERNETES = True
-    KUBERNETES_IMPORT_ERROR = None
-except ImportError as e:  # reported by the module or plugin that needs it
-    HAS_KUBERNETES = False
-    KUBERNETES_IMPORT_ERROR = e
-    ApiException = Exception  # type: ignore[assignment,misc]
-
-try:  # only for api_client_from; the Service proxy on a pet node runs without it
-    from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import get_api_client
-except ImportError:
-    get_api_client = None
+# The client (and kubernetes.core's, which imports it) is imported where a request is
+# made: what only reads the names of this file and hn_api.py, such as the inventory on a
+# cache hit, does not pay its import (about 0.6 s). The module or plugin that needs it
+# reports its absence.
+HAS_KUBERNETES = importlib.util.find_spec("kubernetes") is not None
+KUBERNETES_IMPORT_ERROR = None if HAS_KUBERNETES else "No module named 'kubernetes'"
 
 FIELD_MANAGER = "rhizeption.core"
 PAGE_SIZE = 500
@@ -109,8 +101,12 @@ class KubeError(Exception):
 
 def api_client_from(module: Any = None, **auth: Any) -> Any:
     """The ApiClient of kubernetes.core's connection for an AnsibleK8SModule or auth options."""
-    if get_api_client is None:
-        raise KubeError("the kubernetes.core collection is required to connect with its options")
+    try:
+        from ansible_collections.kubernetes.core.plugins.module_utils.k8s.client import (  # noqa: PLC0415
+            get_api_client,
+        )
+    except ImportError as e:  # the Service proxy on a pet node runs without kubernetes.core
+        raise KubeError("the kubernetes.core collection is required to connect with its options") from e
     # get_api_client returns K8SClient -> K8SDynamicClient -> kubernetes ApiClient.
     return get_api_client(module=module, **auth).client.client
 
@@ -138,6 +134,8 @@ class Kube:
         timeout: float | Tuple[float, float] = REQUEST_TIMEOUT,
         what: str = "",
     ) -> Any:
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (see HAS_KUBERNETES)
+
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             if hasattr(self.api, "param_serialize"):
@@ -291,6 +289,8 @@ class Kube:
             query.append(("labelSelector", label_selector))
         if field_selector:
             query.append(("fieldSelector", field_selector))
+        from kubernetes.watch.watch import iter_resp_lines  # noqa: PLC0415 (see HAS_KUBERNETES)
+
         resp = self.request("GET", path, query=query, stream=True, timeout=timeout_seconds + 10)
         try:
             for line in iter_resp_lines(resp):
