@@ -31,6 +31,7 @@ _BINARIES = {
     "etcd": ("etcd", "ETCD_VERSION"),
     "etcdctl": ("etcd", "ETCD_VERSION"),
     "kwok": ("kwok", "KWOK_VERSION"),
+    "coredns": ("coredns", "COREDNS_VERSION"),
     **{
         name: ("kubernetes", "KUBERNETES_VERSION")
         for name in (

@@ -31,8 +31,22 @@ def test_pause_runs_and_reports_its_source_version() -> None:
 
 
 def test_every_image_has_an_archive_for_containerd() -> None:
-    archives = sorted(p.name.split("-")[0] for p in (toolchain.cache_dir() / "images").glob("*.oci.tar"))
-    assert archives == ["host", "pause"]
+    """Each image in Podman's store has the archive of the same build (named by its cache
+    key), and no archive is left without its image: containerd and `podman load` read these."""
+    listed = subprocess.run(
+        ["podman", "images", "--format", '{{.Repository}} {{index .Labels "io.rhizeption.cache-key"}}'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    expected = sorted(
+        f"{repo.rsplit('/', 1)[1]}-{key}.oci.tar"
+        for repo, key in (line.split(" ", 1) for line in listed)
+        if repo.startswith("localhost/rhizeption/")
+    )
+    archives = sorted(p.name for p in (toolchain.cache_dir() / "images").glob("*.oci.tar"))
+    assert archives == expected
+    assert {"pause", "host", "node"} <= {a.rsplit("-", 1)[0] for a in archives}
 
 
 def test_host_image_boots_systemd_plain_and_nested() -> None:

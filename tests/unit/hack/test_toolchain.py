@@ -40,3 +40,16 @@ def test_cache_location_follows_xdg(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("RHIZEPTION_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert toolchain.cache_dir() == tmp_path / "rhizeption"
+
+
+def test_the_cluster_dns_role_runs_the_coredns_that_bootstrap_builds() -> None:
+    """hack/versions.env pins CoreDNS once; the role's default image follows it."""
+    import yaml
+
+    role = toolchain.HACK_DIR.parent / "roles/cluster_dns"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    coredns = toolchain.versions()["COREDNS_VERSION"]
+    assert defaults["cluster_dns_image"] == f"localhost/rhizeption/coredns:{coredns}"
+    specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert {name: opt["default"] for name, opt in options.items()} == defaults
