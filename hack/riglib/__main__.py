@@ -1,6 +1,7 @@
 """hack/rig (python -m riglib): bring a control-plane rig up or down from a shell.
 
 hack/rig up [--name N] [--minimal]   start it, print the kubeconfig path
+hack/rig up [--name N] --node        a host cluster: no kwok, one real node and CoreDNS
 hack/rig down [--name N | --all]     stop it and remove its folder
 hack/rig status                      list the rigs and their processes
 """
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from .controlplane import COMPONENTS, DEFAULT_ROOT, MINIMAL, ControlPlane, RigError, rigs
+from .node import HostCluster
 from .toolchain import MissingBinary
 
 
@@ -29,10 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a rig")
     up.add_argument("--name", default="default")
-    up.add_argument(
+    kind = up.add_mutually_exclusive_group()
+    kind.add_argument(
         "--minimal",
         action="store_true",
         help="etcd and kube-apiserver only (no controller-manager, scheduler, kwok)",
+    )
+    kind.add_argument(
+        "--node",
+        action="store_true",
+        help="one real node (containerd, kubelet, kube-proxy in a container) and CoreDNS, no kwok",
     )
     down = sub.add_parser("down", help="stop a rig and remove its folder")
     target = down.add_mutually_exclusive_group()
@@ -45,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             workdir = args.root / args.name
             started = time.monotonic()
-            cp = ControlPlane(workdir, MINIMAL if args.minimal else COMPONENTS)
-            cp.up()
+            if args.node:
+                hc = HostCluster(workdir).up()
+                cp = hc.control_plane
+                print(f"rig {args.name}: node {hc.node.name} Ready at {hc.node.node_ip}", file=sys.stderr)
+            else:
+                cp = ControlPlane(workdir, MINIMAL if args.minimal else COMPONENTS)
+                cp.up()
             print(
                 f"rig {args.name}: {', '.join(cp.components)} ready in "
                 f"{time.monotonic() - started:.1f} s at {cp.server}",
@@ -57,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "down":
             targets = list(rigs(args.root)) if args.all else [args.root / args.name]
             for workdir in targets:
-                killed = ControlPlane.attach(workdir).down() if (workdir / "state.json").exists() else []
+                killed = []
+                if (workdir / "node.json").exists():
+                    HostCluster.attach(workdir).down()
+                elif (workdir / "state.json").exists():
+                    killed = ControlPlane.attach(workdir).down()
                 note = f" (needed SIGKILL: {', '.join(killed)})" if killed else ""
                 print(f"rig {workdir.name}: down{note}", file=sys.stderr)
             return 0

@@ -32,6 +32,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 DEFAULT_ROOT = Path(os.environ.get("RHIZEPTION_RIG_DIR", "/tmp/rhizeption-rig"))
+LOOPBACK = "127.0.0.1"
 
 
 class RigError(RuntimeError):
@@ -52,6 +53,9 @@ class State:
     components: list[str]
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    # Where Pods and nodes reach the API server (the `kubernetes` Service's endpoint).
+    address: str = LOOPBACK
+    cluster_cidr: str | None = None  # Pod addresses the controller-manager hands to Nodes
 
     @property
     def kubeconfig(self) -> Path:
@@ -120,7 +124,13 @@ class ControlPlane:
         *,
         die_with_parent: bool = False,
         ready_timeout: float = 60.0,
+        address: str = LOOPBACK,
+        cluster_cidr: str | None = None,
     ) -> None:
+        """ADDRESS: where Pods and nodes reach the API server. Loopback (the default) serves
+        this host only; any other address makes the API server listen on all addresses and
+        advertise ADDRESS, which a rig with a real node needs (riglib.node). With CLUSTER_CIDR
+        the controller-manager hands each Node a /24 of it as spec.podCIDR."""
         wanted = set(components)
         # etcd alone is allowed (the benchmarks' baseline); everything else needs the apiserver.
         if (
@@ -136,6 +146,8 @@ class ControlPlane:
         self.components = tuple(c for c in COMPONENTS if c in components)
         self.die_with_parent = die_with_parent
         self.ready_timeout = ready_timeout
+        self.address = address
+        self.cluster_cidr = cluster_cidr
         self.state: State | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -147,6 +159,10 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return self._require_state().server
+
+    def server_at(self, address: str) -> str:
+        """The API server's URL at ADDRESS (the rig's address, when it is not loopback)."""
+        return f"https://{address}:{self._require_state().ports['kube-apiserver']}"
 
     def __enter__(self) -> ControlPlane:
         self.up()
@@ -163,7 +179,12 @@ class ControlPlane:
         binaries = {c: toolchain.binary(c) for c in self.components}
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
-        self.state = State(workdir=str(self.workdir), components=list(self.components))
+        self.state = State(
+            workdir=str(self.workdir),
+            components=list(self.components),
+            address=self.address,
+            cluster_cidr=self.cluster_cidr,
+        )
         try:
             self._write_files()
             for component in self.components:
@@ -213,9 +234,19 @@ class ControlPlane:
     def attach(cls, workdir: Path) -> ControlPlane:
         """The rig that `hack/rig up` left running in WORKDIR."""
         state = State.load(workdir)
-        cp = cls(workdir, tuple(state.components))
+        cp = cls(workdir, tuple(state.components), address=state.address, cluster_cidr=state.cluster_cidr)
         cp.state = state
         return cp
+
+    def client_kubeconfig(
+        self, user: str, organizations: tuple[str, ...] = (), *, server: str | None = None
+    ) -> bytes:
+        """A kubeconfig for USER in ORGANIZATIONS (groups), signed by the rig's CA: how a test
+        acts as a node, a tenant or a least-privileged operator. SERVER defaults to the rig's."""
+        state = self._require_state()
+        ca = pki.load_keypair((self.workdir / "ca.crt").read_bytes(), (self.workdir / "ca.key").read_bytes())
+        client = pki.issue(ca, user, organizations=organizations, client=True)
+        return kubeconfig_yaml(server or state.server, ca, user, client)
 
     # -- internals ---------------------------------------------------------------
     def _require_state(self) -> State:
@@ -247,7 +278,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1", SERVICE_IP),
+            ip_addresses=tuple(sorted({LOOPBACK, SERVICE_IP, state.address})),
         ).write(d, "apiserver")
         pki.issue(ca, "kube-apiserver-kubelet-client", organizations=("system:masters",), client=True).write(
             d, "apiserver-kubelet-client"
@@ -290,16 +321,20 @@ class ControlPlane:
                 "--unsafe-no-fsync",
             ]
         if component == "kube-apiserver":
+            loopback = state.address == LOOPBACK
             return [
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={LOOPBACK if loopback else '0.0.0.0'}",
+                f"--advertise-address={state.address}",
                 f"--secure-port={ports['kube-apiserver']}",
                 f"--tls-cert-file={p('apiserver.crt')}",
                 f"--tls-private-key-file={p('apiserver.key')}",
                 f"--client-ca-file={p('ca.crt')}",
                 f"--kubelet-client-certificate={p('apiserver-kubelet-client.crt')}",
                 f"--kubelet-client-key={p('apiserver-kubelet-client.key')}",
+                # Nodes' hostnames resolve nowhere here: logs, exec and port-forward go to
+                # the address the node reports.
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={p('sa.pub')}",
                 f"--service-account-signing-key-file={p('sa.key')}",
@@ -308,10 +343,10 @@ class ControlPlane:
                 "--enable-bootstrap-token-auth",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--cert-dir={p('kube-apiserver')}",
                 # Endpoints may not carry a loopback address, so the `kubernetes`
                 # Service is left without endpoints instead of failing every 10 s.
-                "--endpoint-reconciler-type=none",
-                f"--cert-dir={p('kube-apiserver')}",
+                *(["--endpoint-reconciler-type=none"] if loopback else []),
             ]
         if component in ("kube-controller-manager", "kube-scheduler"):
             kc = p(f"{component}.kubeconfig")
@@ -334,6 +369,15 @@ class ControlPlane:
                 f"--cluster-signing-key-file={p('ca.key')}",
                 "--use-service-account-credentials=true",
                 "--controllers=*,bootstrapsigner,tokencleaner",
+                *(
+                    [
+                        "--allocate-node-cidrs=true",
+                        f"--cluster-cidr={state.cluster_cidr}",
+                        "--node-cidr-mask-size=24",
+                    ]
+                    if state.cluster_cidr
+                    else []
+                ),
             ]
         if component == "kwok":
             # Only Nodes that ask for it are faked, so real kubelets can join the same rig.

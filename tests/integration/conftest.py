@@ -14,6 +14,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from riglib.controlplane import COMPONENTS, ControlPlane
+from riglib.node import HostCluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +29,30 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield cp
     finally:
         cp.down()
+
+
+@pytest.fixture(scope="session")
+def host_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostCluster]:
+    """A small real host cluster for the session: a rig control plane (no kwok) with one real
+    node, containerd + kubelet + kube-proxy in a privileged Podman container, and CoreDNS.
+    Every local image archive but host and node is imported into the node, so Pods run them
+    with imagePullPolicy Never. Pod IPs and NodePorts (on host_cluster.node.node_ip) are
+    reachable from the tests, ClusterIPs too when host_cluster.service_routed."""
+    hc = HostCluster(tmp_path_factory.mktemp("host-cluster") / "session", die_with_parent=True)
+    hc.up()
+    try:
+        yield hc
+    finally:
+        hc.down()
+
+
+@pytest.fixture(scope="session")
+def host_api_client(host_cluster: HostCluster) -> Iterator[kubernetes.client.ApiClient]:
+    client = kubernetes.config.new_client_from_config(str(host_cluster.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
