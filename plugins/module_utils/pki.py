@@ -304,3 +304,21 @@ def write_file(path: os.PathLike | str, data: bytes, *, private: bool = False) -
         f.write(data)
     os.chmod(path, mode)
     return Path(path)
+
+
+def csr_pem(
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    organizations: Iterable[str] = (),
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+) -> bytes:
+    """A PEM certificate signing request for KEY, as a CertificateSigningRequest carries it
+    (the node agent's client and serving certificates)."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, organizations))
+    sans: List[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

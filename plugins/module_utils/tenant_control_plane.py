@@ -14,7 +14,14 @@ render                       the workloads, Services, PodDisruptionBudgets and N
 derive_status                what the StatefulSet and Deployments show, as phase and
                              per-component conditions.
 
-The apply/wait step (and the modules) come with the rest of issue #8.
+Then the apply/wait step, the one place that writes to the host cluster (the modules
+tenant_control_plane and tenant_control_plane_info drive it):
+
+ensure_present / ensure_absent   refuse bad input before any write, apply with server-side
+                                 apply (a dry run in check mode), write status, wait with
+                                 watches; delete everything the tenant owned;
+wait_for_phase                   follow the Pods to a phase, ending Failed on a timeout;
+admin_kubeconfig                 the admin kubeconfig from its Secret.
 
 Images
 ------
@@ -39,8 +46,11 @@ import copy
 import datetime
 import hashlib
 import ipaddress
+import json
 import re
+import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 
 from ansible_collections.rhizeption.core.plugins.module_utils import pki
@@ -48,13 +58,17 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     GROUP,
     MANAGED_BY,
+    apply_status,
     condition,
     meta,
     owner_reference,
     status_of,
 )
-from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import TERMINAL_WAITING_REASONS
-from ansible_collections.rhizeption.core.plugins.module_utils.kube import Obj, Resource
+from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import (
+    TERMINAL_WAITING_REASONS,
+    now_rfc3339,
+)
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, KubeError, Obj, Resource
 
 TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
 # Every object a tenant control plane owns carries it, with the TenantControlPlane's name.
@@ -369,6 +383,71 @@ def check_shared_prefix(tcp: Obj, others: Sequence[Obj]) -> None:
                 f" {other['metadata']['namespace']}/{other['metadata']['name']} on the same etcd;"
                 " give each tenant a prefix of its own",
             )
+
+
+_QUANTITY_PARTS = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?$"
+)
+_QUANTITY_SUFFIX = {
+    "": 1,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def quantity(text: object) -> Decimal:
+    """A Kubernetes quantity ("500m", "4Gi", "1e3") as a number; ValueError otherwise."""
+    match = _QUANTITY_PARTS.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a quantity such as 500m, 2 or 4Gi")
+    return Decimal(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""]
+
+
+def check_promoted_resources(tcp: Obj, clusters: Sequence[Obj], neighbours: Sequence[Obj]) -> None:
+    """promoteResources.resources becomes a ResourceQuota on the tenant's host namespace,
+    which every Pod there counts against: refuse a quota smaller than one hosted node of the
+    tenant's HnClusters (CLUSTERS: those whose controlPlaneRef names it), and a second tenant
+    with promoted resources in the same namespace (NEIGHBOURS: the namespace's other tenants),
+    whose quotas would count each other's Pods."""
+    promoted = (spec_of(tcp).get("promoteResources") or {}).get("resources") or {}
+    if not promoted:
+        return
+    ns, name = tcp["metadata"]["namespace"], tcp["metadata"]["name"]
+    for other in neighbours:
+        if meta(other, "name") != name and (spec_of(other).get("promoteResources") or {}).get("resources"):
+            raise TenantControlPlaneError(
+                "spec.promoteResources.resources",
+                f"TenantControlPlane {ns}/{meta(other, 'name')} promotes resources in this namespace too, and"
+                " a quota counts every Pod of its namespace; give each such tenant a namespace of its own",
+            )
+    for cluster in clusters:
+        template = (cluster.get("spec") or {}).get("machineTemplate") or {}
+        requests = (template.get("resources") or {}).get("requests") or {}
+        for resource in ("cpu", "memory"):
+            if (
+                resource in promoted
+                and resource in requests
+                and quantity(promoted[resource]) < quantity(requests[resource])
+            ):
+                raise TenantControlPlaneError(
+                    f"spec.promoteResources.resources.{resource}",
+                    f"{promoted[resource]} is less than one hosted node of HnCluster"
+                    f" {ns}/{meta(cluster, 'name')} ({requests[resource]});"
+                    f" accepted: {requests[resource]} or more",
+                )
 
 
 def _minor(version: str) -> Tuple[int, int]:
@@ -767,7 +846,7 @@ def selector_labels(tcp: Obj, component: str) -> Dict[str, str]:
 
 
 def labels(tcp: Obj, component: str) -> Dict[str, str]:
-    role = {ETCD: "datastore", "pki": "pki"}.get(component, "control-plane")
+    role = {ETCD: "datastore", "pki": "pki", "quota": "quota"}.get(component, "control-plane")
     version = spec_of(tcp)["version"]
     if component == ETCD:
         version = BUILT_VERSIONS.get(version, {}).get("etcd", version)
@@ -851,6 +930,11 @@ def _pod_spec(tcp: Obj, component: str, container: Obj, volumes: List[Obj], repl
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    placement = spec_of(tcp).get("placement") or {}
+    if placement.get("nodeSelector"):
+        spec["nodeSelector"] = dict(placement["nodeSelector"])
+    if placement.get("tolerations"):
+        spec["tolerations"] = copy.deepcopy(placement["tolerations"])
     if replicas > 1:
         # Replicas on different host nodes where there are enough of them.
         spec["affinity"] = {
@@ -940,7 +1024,8 @@ def render(
     image = {**default_images(spec["version"]), **(images or {})}
     secrets = {**secret_names(tcp), **(pki_secret_names or {})}
     digests = pki_digests(pki_secrets)
-    objects: List[Obj] = []
+    # The LimitRange first: Pods created after it get its default requests.
+    objects: List[Obj] = _render_promoted(tcp)
     if spec["datastore"]["type"] == "etcd":
         objects += _render_etcd(tcp, image[ETCD], secrets, digests)
     objects.append(_render_apiserver(tcp, image[APISERVER], secrets, digests, advertise_address))
@@ -954,6 +1039,37 @@ def render(
             _pdb(tcp, f"{name}-scheduler", SCHEDULER, min_available=1),
         ]
     return objects
+
+
+# Requests of a container that names none, in a namespace with promoted resources: a quota on
+# requests refuses Pods without them, and every Pod there counts against it.
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+
+
+def quota_name(tcp: Obj) -> str:
+    return f"{tcp['metadata']['name']}-promoted"
+
+
+def _render_promoted(tcp: Obj) -> List[Obj]:
+    """promoteResources.resources as a ResourceQuota on the namespace's Pod requests, and a
+    LimitRange giving containers without requests DEFAULT_REQUESTS (so they are admitted)."""
+    promoted = (spec_of(tcp).get("promoteResources") or {}).get("resources") or {}
+    if not promoted:
+        return []
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": _metadata(tcp, quota_name(tcp), "quota"),
+            "spec": {"limits": [{"type": "Container", "defaultRequest": dict(DEFAULT_REQUESTS)}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": _metadata(tcp, quota_name(tcp), "quota"),
+            "spec": {"hard": {f"requests.{r}": str(v) for r, v in sorted(promoted.items())}},
+        },
+    ]
 
 
 def _secret_mounts(secrets: Mapping[str, str], roles: Sequence[str]) -> Tuple[List[Obj], List[Obj]]:
@@ -1399,3 +1515,433 @@ def derive_status(
     )
     status["conditions"] = conditions
     return status
+
+
+# -- apply / wait ---------------------------------------------------------------------------
+# Everything above is pure; what follows talks to the host cluster through kube.py: it reads
+# what exists, runs the render steps, applies their output with server-side apply (a dry run
+# in check mode), writes the status it derives and waits with watches.
+SECRET = Resource("v1", "Secret", "secrets")
+SERVICE = Resource("v1", "Service", "services")
+PVC = Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+NODE = Resource("v1", "Node", "nodes", namespaced=False)
+STATEFULSET = Resource("apps/v1", "StatefulSet", "statefulsets")
+DEPLOYMENT = Resource("apps/v1", "Deployment", "deployments")
+PDB = Resource("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+NETWORK_POLICY = Resource("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+RESOURCE_QUOTA = Resource("v1", "ResourceQuota", "resourcequotas")
+LIMIT_RANGE = Resource("v1", "LimitRange", "limitranges")
+_POD = Resource("v1", "Pod", "pods")
+HNCLUSTER = Resource(API_VERSION, "HnCluster", "hnclusters")
+RESOURCES = {
+    r.kind: r
+    for r in (SECRET, SERVICE, PVC, STATEFULSET, DEPLOYMENT, PDB, NETWORK_POLICY, RESOURCE_QUOTA, LIMIT_RANGE)
+}
+# How far a tenant has come; waiting for one phase is satisfied by any later one.
+PROGRESS = {"Pending": 0, "Provisioning": 1, "Initialized": 2, "Ready": 3}
+# A watch is re-listed at least this often: a workload's status lags its Pods' by a moment,
+# and the last Pod event may come before the Deployment counts it ready.
+RESYNC_SECONDS = 5.0
+# Only to name the objects of a tenant that does not exist yet (check before writing).
+_PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass
+class Outcome:
+    changed: bool = False
+    before: Obj | None = None
+    after: Obj | None = None
+    # "Kind name" of every object the run created or changed (or would, in check mode).
+    created: List[str] = field(default_factory=list)
+    updated: List[str] = field(default_factory=list)
+    deleted: List[str] = field(default_factory=list)
+
+
+def desired(name: str, namespace: str, spec: Obj, labels: Mapping[str, str] | None = None) -> Obj:
+    """The TenantControlPlane a task asks for."""
+    md: Obj = {"name": name, "namespace": namespace}
+    if labels:
+        md["labels"] = dict(labels)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "TenantControlPlane",
+        "metadata": md,
+        "spec": copy.deepcopy(spec),
+    }
+
+
+def reached(phase: str, wanted: str) -> bool:
+    return phase == wanted or PROGRESS.get(phase, -1) >= PROGRESS.get(wanted, 99)
+
+
+def _path(obj: Obj) -> str:
+    return RESOURCES[obj["kind"]].path(obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+def _content(obj: Obj | None) -> Obj | None:
+    """What a write changes: the object without server bookkeeping or status."""
+    if obj is None:
+        return None
+    out = {k: v for k, v in obj.items() if k not in ("status", "metadata")}
+    md = obj.get("metadata") or {}
+    out["metadata"] = {
+        k: md.get(k) or None for k in ("labels", "annotations", "ownerReferences", "finalizers")
+    }
+    return out
+
+
+def _owned(obj: Obj, uid: str) -> bool:
+    return any(r.get("uid") == uid for r in meta(obj, "ownerReferences") or [])
+
+
+def _children(tcp: Obj) -> List[Obj]:
+    """Every object render and render_pki would write (Secrets without their data)."""
+    objects = render(tcp)
+    for secret in secret_names(tcp).values():
+        objects.insert(
+            0, {"kind": "Secret", "metadata": {"name": secret, "namespace": meta(tcp, "namespace")}}
+        )
+    return objects
+
+
+def check_names_free(kube: Kube, tcp: Obj, existing: Obj | None) -> None:
+    """Refuse, before anything is written, a tenant whose objects would take over objects
+    of the same names that belong to something else (server-side apply would overwrite them)."""
+    probe = copy.deepcopy(tcp)
+    probe["metadata"]["uid"] = meta(existing, "uid") or _PLACEHOLDER_UID
+    uid = meta(existing, "uid")
+    for child in _children(probe):
+        current = kube.get(_path(child))
+        if current is not None and not (uid and _owned(current, uid)):
+            ns, name = meta(tcp, "namespace"), meta(tcp, "name")
+            raise TenantControlPlaneError(
+                "metadata.name",
+                f"{child['kind']} {ns}/{child['metadata']['name']} exists and does not belong to"
+                f" TenantControlPlane {ns}/{name}; give the tenant another name"
+                f" or remove that {child['kind']}",
+            )
+
+
+def node_addresses(kube: Kube) -> List[str]:
+    """The host nodes' InternalIP addresses (then ExternalIP), for NodePort exposure."""
+    items, _unused = kube.list(NODE.path())
+    out: List[str] = []
+    for kind in ("InternalIP", "ExternalIP"):
+        for node in sorted(items, key=lambda n: n["metadata"]["name"]):
+            out += [a["address"] for a in status_of(node).get("addresses") or [] if a.get("type") == kind]
+    return out
+
+
+def observe(kube: Kube, tcp: Obj) -> List[Obj]:
+    """The tenant's StatefulSets, Deployments and Pods, with their kinds set (a List's items
+    have none)."""
+    ns, selector = meta(tcp, "namespace"), f"{TENANT_LABEL}={meta(tcp, 'name')}"
+    observed: List[Obj] = []
+    for resource in (STATEFULSET, DEPLOYMENT, _POD):
+        items, _unused = kube.list(resource.path(ns), label_selector=selector)
+        observed += [{**o, "kind": resource.kind} for o in items]
+    return observed
+
+
+def _exposure_inputs(kube: Kube, tcp: Obj) -> Tuple[Obj | None, List[str]]:
+    """(the apiserver's Service, the node addresses): what the SANs and endpoint depend on."""
+    service = kube.get(SERVICE.path(meta(tcp, "namespace"), service_name(tcp)))
+    nodes = node_addresses(kube) if spec_of(tcp)["exposure"]["type"] == "NodePort" else []
+    return service, nodes
+
+
+def status_now(kube: Kube, tcp: Obj, *, now: str | None = None) -> Obj:
+    """The status TCP's objects show now."""
+    service, nodes = _exposure_inputs(kube, tcp)
+    status = derive_status(
+        tcp, observe(kube, tcp), now or now_rfc3339(), service=service, node_addresses=nodes
+    )
+    promote = spec_of(tcp).get("promoteResources") or {}
+    if promote:
+        promoted: Obj = {
+            "nodes": list(promote.get("nodes") or []),
+            "resources": dict(promote.get("resources") or {}),
+        }
+        if promote.get("resources"):
+            quota = kube.get(RESOURCE_QUOTA.path(meta(tcp, "namespace"), quota_name(tcp)))
+            used = status_of(quota).get("used") or {}
+            promoted["used"] = {k.split(".", 1)[1]: v for k, v in used.items() if k.startswith("requests.")}
+        status["promotedResources"] = promoted
+    return status
+
+
+def write_status(kube: Kube, tcp: Obj, status: Obj) -> Obj:
+    return apply_status(kube, TENANT_CONTROL_PLANE, tcp, status)
+
+
+def _apply(kube: Kube, obj: Obj, out: Outcome, dry_run: bool) -> Obj:
+    """Apply OBJ and record whether that created or changed it."""
+    before = kube.get(_path(obj))
+    what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+    after = kube.apply(_path(obj), obj, dry_run=dry_run, what=what)
+    label = f"{obj['kind']} {obj['metadata']['name']}"
+    if before is None:
+        out.created.append(label)
+    elif _content(before) != _content(after):
+        out.updated.append(label)
+    return after
+
+
+def reconcile_objects(
+    kube: Kube,
+    tcp: Obj,
+    out: Outcome,
+    *,
+    images: Mapping[str, str] | None = None,
+    dry_run: bool = False,
+    now: datetime.datetime | None = None,
+) -> None:
+    """Write TCP's objects: its Service first (the serving certificate names its cluster IP),
+    then the PKI Secrets, then the workloads in render's order."""
+    objects = render(tcp, images)
+    service_obj = next(
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == service_name(tcp)
+    )
+    service = _apply(kube, service_obj, out, dry_run)
+    _unused, nodes = _exposure_inputs(kube, tcp)
+    ns, selector = meta(tcp, "namespace"), f"{TENANT_LABEL}={meta(tcp, 'name')}"
+    items, _unused_rv = kube.list(SECRET.path(ns), label_selector=selector)
+    existing = {s["metadata"]["name"]: s.get("data") or {} for s in items if _owned(s, meta(tcp, "uid"))}
+    secrets = render_pki(tcp, existing, now or pki.utcnow(), service=service, node_addresses=nodes)
+    for secret in secrets:
+        _apply(kube, secret, out, dry_run)
+    cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
+    advertise = cluster_ip if cluster_ip and _is_ip(cluster_ip) else None
+    for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise):
+        if obj is not service_obj and not (
+            obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)
+        ):
+            _apply(kube, obj, out, dry_run)
+
+
+def ensure_present(
+    kube: Kube,
+    want: Obj,
+    *,
+    images: Mapping[str, str] | None = None,
+    check_mode: bool = False,
+    wait_for: str | None = None,
+    timeout: float = 300,
+) -> Outcome:
+    """Make the TenantControlPlane WANT exist with everything it owns, write its status,
+    and with WAIT_FOR follow its Pods until it reaches that phase (or a later one).
+
+    Bad input is refused before anything is written: what validate() and validate_update()
+    refuse, a shared-etcd prefix another tenant uses, and names that other objects hold."""
+    validate(want)
+    ns, name = meta(want, "namespace"), meta(want, "name")
+    path = TENANT_CONTROL_PLANE.path(ns, name)
+    out = Outcome(before=kube.get(path))
+    if meta(out.before, "deletionTimestamp"):
+        raise TenantControlPlaneError(
+            "metadata.name", f"TenantControlPlane {ns}/{name} is being deleted; wait until it is gone"
+        )
+    if out.before is not None:
+        validate_update(out.before, want)
+    if spec_of(want)["datastore"]["type"] == "shared":
+        others, _unused = kube.list(TENANT_CONTROL_PLANE.path())
+        check_shared_prefix(want, others)
+    check_names_free(kube, want, out.before)
+    if (spec_of(want).get("promoteResources") or {}).get("resources"):
+        neighbours, _unused = kube.list(TENANT_CONTROL_PLANE.path(ns))
+        clusters, _unused = kube.list(HNCLUSTER.path(ns))
+        mine = [
+            c
+            for c in clusters
+            if ((c.get("spec") or {}).get("controlPlaneRef") or {}).get("name") == name
+            and ((c.get("spec") or {}).get("controlPlaneRef") or {}).get("namespace", ns) == ns
+        ]
+        check_promoted_resources(want, mine, neighbours)
+
+    applied = kube.apply(path, want, dry_run=check_mode, what=f"TenantControlPlane {ns}/{name}")
+    if out.before is None:
+        out.created.append(f"TenantControlPlane {name}")
+    elif _user_view(out.before) != _user_view(applied):
+        out.updated.append(f"TenantControlPlane {name}")
+    out.after = applied
+    if check_mode and out.before is None:
+        # Nothing of it exists yet: everything would be created.
+        probe = copy.deepcopy(applied)
+        probe["metadata"]["uid"] = _PLACEHOLDER_UID
+        out.created += [f"{o['kind']} {o['metadata']['name']}" for o in _children(probe)]
+        out.changed = True
+        return out
+    try:
+        reconcile_objects(kube, applied, out, images=images, dry_run=check_mode)
+    except (KubeError, TenantControlPlaneError) as e:
+        if not check_mode:
+            write_status(kube, applied, _failed(status_now(kube, applied), "ApplyFailed", str(e)))
+        raise
+    out.changed = bool(out.created or out.updated)
+    if check_mode:
+        return out
+    out.after = write_status(kube, applied, status_now(kube, applied))
+    if wait_for:
+        out.after = wait_for_phase(kube, out.after, wait_for, timeout)
+    return out
+
+
+def _failed(status: Obj, reason: str, message: str) -> Obj:
+    return {**status, "phase": "Failed", "failureReason": reason, "failureMessage": message}
+
+
+def wait_for_phase(kube: Kube, tcp: Obj, wanted: str, timeout: float) -> Obj:
+    """Watch the tenant's Pods (listing again every RESYNC_SECONDS), writing status on every
+    change, until it reaches WANTED or fails. A tenant that does not get there in TIMEOUT
+    seconds is marked Failed with the components that were not ready, never waited on forever."""
+    ns, name = meta(tcp, "namespace"), meta(tcp, "name")
+    deadline = time.monotonic() + timeout
+    current = {"tcp": tcp}
+
+    def on_event(_pods: Dict[str, Obj]) -> None:
+        current["tcp"] = write_status(kube, current["tcp"], status_now(kube, current["tcp"]))
+
+    def done(_pods: Dict[str, Obj]) -> bool:
+        phase = status_of(current["tcp"]).get("phase", "")
+        return phase == "Failed" or reached(phase, wanted)
+
+    ok = False
+    while not ok and time.monotonic() < deadline:
+        left = min(RESYNC_SECONDS, deadline - time.monotonic())
+        ok, _unused = kube.wait(
+            _POD.path(ns), done, left, label_selector=f"{TENANT_LABEL}={name}", on_event=on_event
+        )
+    st = status_of(current["tcp"])
+    if st.get("phase") == "Failed" and wanted != "Failed":
+        raise TenantControlPlaneError(
+            "status.phase",
+            f"TenantControlPlane {ns}/{name} failed: {st.get('failureReason')}: {st.get('failureMessage')}",
+        )
+    if not ok:
+        waiting = [
+            f"{c['type']}: {c.get('message')}"
+            for c in st.get("conditions") or []
+            if c.get("status") != "True" and c.get("type") != "Ready"
+        ]
+        not_ready = next(
+            (
+                c["type"].replace("Ready", "NotReady")
+                for c in st.get("conditions") or []
+                if c.get("status") != "True"
+            ),
+            "NotReady",
+        )
+        message = f"not {wanted} after {timeout:.0f} s: " + "; ".join(waiting)
+        current["tcp"] = write_status(kube, current["tcp"], _failed(st, not_ready, message))
+        raise TenantControlPlaneError("status.phase", f"TenantControlPlane {ns}/{name} is {message}")
+    return current["tcp"]
+
+
+def ensure_absent(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    keep_datastore: bool = False,
+    check_mode: bool = False,
+    timeout: float = 300,
+) -> Outcome:
+    """Delete a tenant and everything it owned: its objects go with it (foreground deletion:
+    the TenantControlPlane is gone only once they are), then its etcd volumes unless
+    KEEP_DATASTORE. A tenant that does not exist, with no volumes left, is no change."""
+    path = TENANT_CONTROL_PLANE.path(namespace, name)
+    tcp = kube.get(path)
+    out = Outcome(before=tcp)
+    claims = [] if keep_datastore else _claims(kube, namespace, name)
+    if tcp is None and not claims:
+        return out
+    out.changed = True
+    if tcp is not None:
+        out.deleted.append(f"TenantControlPlane {name}")
+    out.deleted += [f"PersistentVolumeClaim {meta(c, 'name')}" for c in claims]
+    if check_mode:
+        return out
+    if tcp is not None:
+        if not meta(tcp, "deletionTimestamp"):
+            kube.delete(
+                path,
+                uid=meta(tcp, "uid"),
+                propagation="Foreground",
+                what=f"delete TenantControlPlane {namespace}/{name}",
+            )
+        _wait_gone(kube, TENANT_CONTROL_PLANE.path(namespace), name, timeout, "TenantControlPlane")
+    for claim in _claims(kube, namespace, name) if not keep_datastore else []:
+        kube.delete(PVC.path(namespace, meta(claim, "name")), uid=meta(claim, "uid"))
+    if not keep_datastore:
+        ok, left = kube.wait(
+            PVC.path(namespace), lambda objs: not objs, timeout, label_selector=f"{TENANT_LABEL}={name}"
+        )
+        if not ok:
+            raise TenantControlPlaneError(
+                "state",
+                f"the etcd volumes {', '.join(sorted(left))} of {namespace}/{name}"
+                f" are still there after {timeout:.0f} s",
+            )
+    return out
+
+
+def _claims(kube: Kube, namespace: str, name: str) -> List[Obj]:
+    items, _unused = kube.list(PVC.path(namespace), label_selector=f"{TENANT_LABEL}={name}")
+    return items
+
+
+def _wait_gone(kube: Kube, collection: str, name: str, timeout: float, what: str) -> None:
+    ok, objects = kube.wait(
+        collection, lambda objs: name not in objs, timeout, field_selector=f"metadata.name={name}"
+    )
+    if not ok:
+        left = meta(objects.get(name), "finalizers") or []
+        raise TenantControlPlaneError(
+            "state",
+            f"{what} {name} still exists after {timeout:.0f} s"
+            + (f"; it waits for the finalizers {', '.join(left)}" if left else ""),
+        )
+
+
+def admin_kubeconfig(kube: Kube, tcp: Obj, server: str | None = None) -> bytes:
+    """The tenant's admin kubeconfig (key material: never log it), with SERVER instead of
+    the endpoint when given (an address this machine reaches the apiserver at)."""
+    ns, secret = meta(tcp, "namespace"), secret_names(tcp)["admin-kubeconfig"]
+    obj = kube.get(SECRET.path(ns, secret))
+    try:
+        data = base64.b64decode(obj["data"]["kubeconfig"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        raise TenantControlPlaneError(
+            "admin_kubeconfig", f"Secret {ns}/{secret} has no kubeconfig yet; apply the tenant first"
+        ) from None
+    if not server:
+        return data
+    doc = json.loads(data)
+    for cluster in doc.get("clusters") or []:
+        cluster["cluster"]["server"] = server
+    return json.dumps(doc, indent=2).encode()
+
+
+def _user_view(tcp: Obj | None) -> Obj | None:
+    """What a task sets on a TenantControlPlane: a change here is a change of the task."""
+    if tcp is None:
+        return None
+    md = tcp["metadata"]
+    return {
+        "labels": md.get("labels") or {},
+        "annotations": md.get("annotations") or {},
+        "spec": tcp.get("spec") or {},
+    }
+
+
+def user_view(tcp: Obj | None) -> Obj | None:
+    """For diff mode: the fields a task sets, plus the status it reports."""
+    view = _user_view(tcp)
+    if view is not None and tcp is not None:
+        view = {"metadata": {"name": tcp["metadata"]["name"], **view}, "status": status_of(tcp)}
+    return view
+
+
+def newest_version() -> str:
+    """The newest Kubernetes version this collection builds."""
+    return max(BUILT_VERSIONS, key=lambda v: (*_minor(v), _patch(v)))

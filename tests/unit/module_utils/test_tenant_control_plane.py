@@ -836,3 +836,139 @@ def test_status_endpoint_follows_the_service():
 def test_no_key_material_in_status_fields():
     status = tcpmod.derive_status(tcp(), observed(tcp(), ready=ALL), NOW_TEXT)
     assert not re.search(r"BEGIN|tls\.key|sa\.key", json.dumps(status))
+
+
+# -- placement and the apply step's pure helpers ----------------------------------------------
+def test_placement_puts_every_control_plane_pod_on_the_chosen_nodes():
+    placement = {
+        "nodeSelector": {"pool": "control-planes"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    templates = [
+        o["spec"]["template"]["spec"]
+        for o in tcpmod.render(tcp(placement=placement))
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+    assert len(templates) == 4
+    for pod in templates:
+        assert pod["nodeSelector"] == {"pool": "control-planes"}
+        assert pod["tolerations"] == placement["tolerations"]
+    assert all(
+        "nodeSelector" not in o["spec"]["template"]["spec"]
+        for o in tcpmod.render(tcp())
+        if o["kind"] == "Deployment"
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "wanted", "expected"),
+    [
+        ("Ready", "Initialized", True),
+        ("Initialized", "Ready", False),
+        ("Provisioning", "Provisioning", True),
+        ("Failed", "Ready", False),
+        ("Upgrading", "Ready", False),
+    ],
+)
+def test_a_wait_is_satisfied_by_the_phase_or_a_later_one(phase, wanted, expected):
+    assert tcpmod.reached(phase, wanted) is expected
+
+
+def test_content_ignores_server_bookkeeping_and_status():
+    before = {
+        "kind": "Secret",
+        "metadata": {
+            "name": "x",
+            "resourceVersion": "1",
+            "managedFields": [{"manager": "a"}],
+            "labels": {"a": "b"},
+        },
+        "data": {"k": "dg=="},
+        "status": {"x": 1},
+    }
+    after = copy.deepcopy(before)
+    after["metadata"].update(resourceVersion="2", managedFields=[{"manager": "b"}])
+    after["status"] = {"x": 2}
+    assert tcpmod._content(before) == tcpmod._content(after)
+    after["data"]["k"] = "dw=="
+    assert tcpmod._content(before) != tcpmod._content(after)
+
+
+def test_the_desired_object_and_the_newest_version():
+    want = tcpmod.desired("blue", "tenants", {"replicas": 3}, labels={"team": "blue"})
+    assert want["kind"] == "TenantControlPlane" and want["apiVersion"] == "hn.rhizeption.io/v1alpha1"
+    assert want["metadata"] == {"name": "blue", "namespace": "tenants", "labels": {"team": "blue"}}
+    assert tcpmod.newest_version() in tcpmod.BUILT_VERSIONS
+    assert tcpmod.newest_version() == "v1.34.4"
+
+
+def test_the_children_cover_every_secret_and_workload_name():
+    names = {(o["kind"], o["metadata"]["name"]) for o in tcpmod._children(tcp())}
+    assert ("Secret", "blue-admin-kubeconfig") in names and ("Secret", "blue-etcd-ca") in names
+    assert ("Service", "blue") in names and ("StatefulSet", "blue-etcd") in names
+    assert ("Deployment", "blue-apiserver") in names and ("NetworkPolicy", "blue-etcd") in names
+
+
+# -- promoteResources ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", "0.5"),
+        ("2", "2"),
+        ("4Gi", str(4 * 2**30)),
+        ("1e3", "1000"),
+        ("1.5k", "1500"),
+        ("128Mi", str(128 * 2**20)),
+    ],
+)
+def test_quantities_parse_as_kubernetes_does(text, value):
+    from decimal import Decimal
+
+    assert tcpmod.quantity(text) == Decimal(value)
+
+
+def test_a_quantity_that_is_not_one_is_refused():
+    with pytest.raises(ValueError, match="not a quantity"):
+        tcpmod.quantity("4 GB")
+
+
+def test_promoted_resources_render_a_quota_and_default_requests():
+    objects = by_name(tcpmod.render(tcp(promoteResources={"resources": {"cpu": "8", "memory": "16Gi"}})))
+    quota = objects[("ResourceQuota", "blue-promoted")]
+    assert quota["spec"]["hard"] == {"requests.cpu": "8", "requests.memory": "16Gi"}
+    assert quota["metadata"]["ownerReferences"][0]["uid"] == "blue-uid"
+    limits = objects[("LimitRange", "blue-promoted")]["spec"]["limits"]
+    assert limits == [{"type": "Container", "defaultRequest": {"cpu": "100m", "memory": "128Mi"}}]
+    # Before the workloads, so their Pods get the default requests.
+    kinds = [o["kind"] for o in tcpmod.render(tcp(promoteResources={"resources": {"cpu": "8"}}))]
+    assert kinds.index("LimitRange") < kinds.index("StatefulSet")
+    assert not [
+        o for o in tcpmod.render(tcp(promoteResources={"nodes": ["a"]})) if o["kind"] == "ResourceQuota"
+    ]
+
+
+def hncluster(name, **requests):
+    return {"metadata": {"name": name}, "spec": {"machineTemplate": {"resources": {"requests": requests}}}}
+
+
+def test_a_quota_smaller_than_one_hosted_node_is_refused():
+    small = tcp(promoteResources={"resources": {"cpu": "1", "memory": "1Gi"}})
+    with pytest.raises(TenantControlPlaneError) as e:
+        tcpmod.check_promoted_resources(small, [hncluster("big", cpu="2", memory="512Mi")], [])
+    assert str(e.value) == (
+        "spec.promoteResources.resources.cpu: 1 is less than one hosted node of HnCluster tenants/big (2);"
+        " accepted: 2 or more"
+    )
+    with pytest.raises(TenantControlPlaneError, match=r"^spec.promoteResources.resources.memory: 1Gi"):
+        tcpmod.check_promoted_resources(small, [hncluster("fat", memory="2Gi")], [])
+    tcpmod.check_promoted_resources(small, [hncluster("fits", cpu="1", memory="1Gi")], [])
+
+
+def test_two_tenants_with_promoted_resources_may_not_share_a_namespace():
+    blue = tcp(promoteResources={"resources": {"cpu": "4"}})
+    green = tcp("green", promoteResources={"resources": {"cpu": "4"}})
+    with pytest.raises(
+        TenantControlPlaneError, match="tenants/green promotes resources in this namespace too"
+    ):
+        tcpmod.check_promoted_resources(blue, [], [blue, green])
+    tcpmod.check_promoted_resources(blue, [], [blue, tcp("plain")])

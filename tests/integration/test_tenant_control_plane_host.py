@@ -1,0 +1,293 @@
+"""Tenant control planes whose Pods really run: the rig's host cluster (one real node with
+containerd and kubelet, CoreDNS) runs etcd, kube-apiserver, controller-manager and
+scheduler of two tenants from the images hack/build-images made. The tenants are driven by
+the tenant_control_plane module as an operator holding only the documented ClusterRole."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+from ansible_collections.rhizeption.core.plugins.module_utils import pki
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube
+from conftest import PLAYBOOKS
+from riglib import toolchain
+
+import benchmarks.tenant_control_plane
+
+GROUP, VERSION, PLURAL = "hn.rhizeption.io", "v1alpha1", "tenantcontrolplanes"
+TENANT_LABEL = "hn.rhizeption.io/tenant"
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_ROLE = REPO / "roles" / "tenant_control_plane" / "files" / "host-clusterrole.yaml"
+OPERATOR = "rhizeption-host-operator"
+NAMESPACE = "tenants-real"
+
+
+@pytest.fixture(scope="module")
+def host(host_cluster, host_api_client, run_playbook, tmp_path_factory):
+    """The host cluster with the CRDs, a namespace for the tenants and an operator kubeconfig."""
+    crds = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
+    assert crds.rc == 0, crds.failures
+    rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
+    core = kubernetes.client.CoreV1Api(host_api_client)
+    role = yaml.safe_load(CLUSTER_ROLE.read_text())
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": OPERATOR},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR}],
+        }
+    )
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    folder = tmp_path_factory.mktemp("tenants")
+    operator = folder / "operator.kubeconfig"
+    pki.write_file(operator, host_cluster.control_plane.client_kubeconfig(OPERATOR), private=True)
+    try:
+        yield {"cluster": host_cluster, "operator": operator, "folder": folder, "core": core}
+    finally:
+        core.delete_namespace(NAMESPACE)
+        for pv in core.list_persistent_volume(label_selector="rhizeption-test=tenant").items:
+            core.delete_persistent_volume(pv.metadata.name)
+        rbac.delete_cluster_role_binding(OPERATOR)
+        rbac.delete_cluster_role(role["metadata"]["name"])
+
+
+def etcd_volume(host, tenant: str) -> None:
+    benchmarks.tenant_control_plane.etcd_volume(
+        host["core"], host["cluster"].node.container, NAMESPACE, tenant
+    )
+
+
+def apply(run_playbook, host, *args: str, **task):
+    played = run_playbook(
+        PLAYBOOKS / "tenant_module.yml",
+        *args,
+        extra_vars={"module": "tenant_control_plane", "task": task, "kubeconfig": str(host["operator"])},
+    )
+    (result,) = played.task_results("Run tenant_control_plane")
+    return result
+
+
+def tenant_client(kubeconfig: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(str(kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def tenants(host, run_playbook):
+    """Two tenants, blue and green, Ready, with their admin kubeconfigs."""
+    out = {}
+    for name in ("blue", "green"):
+        etcd_volume(host, name)
+        kubeconfig = host["folder"] / f"{name}.kubeconfig"
+        result = apply(
+            run_playbook,
+            host,
+            name=name,
+            namespace=NAMESPACE,
+            spec={"version": "v1.34.4", "exposure": {"type": "NodePort"}},
+            wait=True,
+            wait_timeout=300,
+            admin_kubeconfig_path=str(kubeconfig),
+        )
+        assert result.get("failed") is not True, result.get("msg")
+        assert result["phase"] == "Ready"
+        out[name] = {"kubeconfig": kubeconfig, "endpoint": result["endpoint"], "result": result}
+    yield out
+    for name in out:
+        apply(run_playbook, host, name=name, namespace=NAMESPACE, state="absent", wait_timeout=180)
+
+
+def test_two_tenants_are_ready_and_serve_their_own_api(tenants, host):
+    for name, tenant in tenants.items():
+        assert tenant["endpoint"].startswith(f"https://{host['cluster'].node.node_ip}:")
+        client = tenant_client(tenant["kubeconfig"])
+        try:
+            # kube.py's request works with both generations of the kubernetes client.
+            assert Kube(client).request("GET", "/readyz", stream=True).data == b"ok", name
+            core = kubernetes.client.CoreV1Api(client)
+            apps = kubernetes.client.AppsV1Api(client)
+            ext = kubernetes.client.ApiextensionsV1Api(client)
+            core.create_namespace({"metadata": {"name": f"team-{name}"}})
+            apps.create_namespaced_deployment(
+                f"team-{name}",
+                {
+                    "metadata": {"name": "web"},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "web", "image": "example.invalid/web:1"}]},
+                        },
+                    },
+                },
+            )
+            ext.create_custom_resource_definition(
+                {
+                    "metadata": {"name": f"widgets.{name}.example.com"},
+                    "spec": {
+                        "group": f"{name}.example.com",
+                        "names": {"kind": "Widget", "plural": "widgets"},
+                        "scope": "Namespaced",
+                        "versions": [
+                            {
+                                "name": "v1",
+                                "served": True,
+                                "storage": True,
+                                "schema": {
+                                    "openAPIV3Schema": {
+                                        "type": "object",
+                                        "x-kubernetes-preserve-unknown-fields": True,
+                                    }
+                                },
+                            }
+                        ],
+                    },
+                }
+            )
+        finally:
+            client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_kwok_node_in_the_tenant_gets_the_deployments_pods(tenants, tmp_path):
+    kubeconfig = tenants["blue"]["kubeconfig"]
+    config = tmp_path / "kwok.yaml"
+    config.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\n")
+    log = (tmp_path / "kwok.log").open("w")
+    kwok = subprocess.Popen(
+        [
+            str(toolchain.binary("kwok")),
+            f"--kubeconfig={kubeconfig}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-ip=127.0.0.1",
+            f"--server-address=127.0.0.1:{_free_port()}",
+            f"--config={config}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = tenant_client(kubeconfig)
+    try:
+        core = kubernetes.client.CoreV1Api(client)
+        core.create_node({"metadata": {"name": "kwok-0", "annotations": {"kwok.x-k8s.io/node": "fake"}}})
+        deadline = time.monotonic() + 120
+        bound: list[str] = []
+        while time.monotonic() < deadline:
+            pods = core.list_namespaced_pod("team-blue", label_selector="app=web").items
+            bound = [p.spec.node_name for p in pods if p.spec.node_name]
+            if len(bound) == 2:
+                break
+            time.sleep(1)
+        assert bound == ["kwok-0", "kwok-0"], (tmp_path / "kwok.log").read_text()[-2000:]
+    finally:
+        client.close()
+        kwok.send_signal(signal.SIGTERM)
+        kwok.wait(timeout=30)
+        log.close()
+
+
+def test_tenants_are_isolated_from_each_other_and_from_the_host(tenants, host):
+    blue, green = (tenant_client(tenants[n]["kubeconfig"]) for n in ("blue", "green"))
+    try:
+        blue_ns = {n.metadata.name for n in kubernetes.client.CoreV1Api(blue).list_namespace().items}
+        green_ns = {n.metadata.name for n in kubernetes.client.CoreV1Api(green).list_namespace().items}
+        assert "team-blue" in blue_ns and "team-green" not in blue_ns
+        assert "team-green" in green_ns and "team-blue" not in green_ns
+        crds = {
+            c.metadata.name
+            for c in kubernetes.client.ApiextensionsV1Api(green).list_custom_resource_definition().items
+        }
+        assert "widgets.green.example.com" in crds and "widgets.blue.example.com" not in crds
+    finally:
+        blue.close()
+        green.close()
+    # The tenant's admin credentials, pointed at the host cluster's API server: refused.
+    doc = json.loads(tenants["blue"]["kubeconfig"].read_text())
+    host_doc = yaml.safe_load(Path(host["cluster"].kubeconfig).read_text())
+    doc["clusters"][0]["cluster"] = host_doc["clusters"][0]["cluster"]
+    crossed = host["folder"] / "crossed.kubeconfig"
+    pki.write_file(crossed, json.dumps(doc).encode(), private=True)
+    client = tenant_client(crossed)
+    try:
+        with pytest.raises(kubernetes.client.ApiException) as refused:
+            kubernetes.client.CoreV1Api(client).list_namespace()
+        assert refused.value.status == 401
+    finally:
+        client.close()
+
+
+def test_the_tenant_comes_back_after_losing_its_apiserver_then_its_etcd(tenants, host, run_playbook):
+    core = host["core"]
+    for component in ("kube-apiserver", "etcd"):
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"{TENANT_LABEL}=blue,app.kubernetes.io/name={component}"
+        ).items
+        assert pods, component
+        for pod in pods:
+            core.delete_namespaced_pod(pod.metadata.name, NAMESPACE, grace_period_seconds=0)
+        back = apply(
+            run_playbook,
+            host,
+            name="blue",
+            namespace=NAMESPACE,
+            spec={"version": "v1.34.4", "exposure": {"type": "NodePort"}},
+            wait=True,
+            wait_timeout=300,
+        )
+        assert back.get("failed") is not True, back.get("msg")
+        assert back["phase"] == "Ready" and back["changed"] is False
+        client = tenant_client(tenants["blue"]["kubeconfig"])
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    names = {
+                        n.metadata.name for n in kubernetes.client.CoreV1Api(client).list_namespace().items
+                    }
+                    break
+                except Exception:  # the apiserver is coming back: connection refused, 503
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            assert "team-blue" in names, component
+        finally:
+            client.close()
+
+
+def test_delete_leaves_nothing_of_the_tenant(tenants, host, run_playbook):
+    gone = apply(run_playbook, host, name="green", namespace=NAMESPACE, state="absent", wait_timeout=180)
+    assert gone.get("failed") is not True, gone.get("msg")
+    core = host["core"]
+    apps = kubernetes.client.AppsV1Api(core.api_client)
+    selector = f"{TENANT_LABEL}=green"
+    left = [
+        *core.list_namespaced_secret(NAMESPACE, label_selector=selector).items,
+        *core.list_namespaced_service(NAMESPACE, label_selector=selector).items,
+        *core.list_namespaced_pod(NAMESPACE, label_selector=selector).items,
+        *core.list_namespaced_persistent_volume_claim(NAMESPACE, label_selector=selector).items,
+        *apps.list_namespaced_deployment(NAMESPACE, label_selector=selector).items,
+        *apps.list_namespaced_stateful_set(NAMESPACE, label_selector=selector).items,
+    ]
+    assert [o.metadata.name for o in left] == []
+    del tenants["green"]
+    assert os.path.exists(host["folder"])
