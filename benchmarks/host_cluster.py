@@ -1,0 +1,174 @@
+"""A host cluster from the host_cluster role, on the molecule scenario's two test hosts.
+
+- converge: a fresh 2-node cluster, against a second (no-op) converge as the baseline;
+- Pod startup latency of 30 Pods, the way Kubernetes' Pod-startup SLO defines it: from the
+  create call to all containers running as a watch reports it, images already present;
+  the baseline is the create-to-watch-event latency of 30 ConfigMaps on the same API server;
+- resident memory of kube-apiserver and of each kubelet after the Pods started.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from kubernetes import client, config, watch
+
+from . import common
+
+SCENARIO = "host_cluster"
+HOSTS = {"hc-cp": "rhizeption-molecule-host-cluster-hc-cp", "hc-w1": "rhizeption-molecule-host-cluster-hc-w1"}
+PODS = 30
+IMAGE = "localhost/rhizeption/busybox:bookworm"
+REPO = Path(__file__).resolve().parent.parent
+MOLECULE = str(Path(sys.executable).parent / "molecule")
+
+
+def molecule(*args: str) -> float:
+    start = time.monotonic()
+    subprocess.run([MOLECULE, *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_mb(container: str, process: str) -> float:
+    out = subprocess.run(
+        ["podman", "exec", container, "ps", "-o", "rss=", "-C", process],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(v) for v in out.split()) / 1024
+
+
+def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
+    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    api.create_namespace({"metadata": {"name": ns}})
+    created: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def observe(kind: str, lister, ready) -> None:
+        for event in watch.Watch().stream(lister, ns, timeout_seconds=300):
+            obj = event["object"]
+            if obj.metadata.name not in seen and ready(obj):
+                seen[obj.metadata.name] = time.monotonic()
+            if len(seen) == len(created) == PODS * 2 or done.is_set():
+                return
+
+    def running(pod) -> bool:
+        statuses = pod.status.container_statuses or []
+        return bool(statuses) and all(s.state.running for s in statuses)
+
+    try:
+        observers = [
+            threading.Thread(
+                target=observe, args=("cm", api.list_namespaced_config_map, lambda o: True), daemon=True
+            ),
+            threading.Thread(target=observe, args=("pod", api.list_namespaced_pod, running), daemon=True),
+        ]
+        for t in observers:
+            t.start()
+        time.sleep(1)  # both watches established
+        for i in range(PODS):
+            name = f"cm-{i}"
+            created[name] = time.monotonic()
+            api.create_namespaced_config_map(ns, {"metadata": {"name": name}, "data": {"k": "v"}})
+        for i in range(PODS):
+            name = f"pod-{i}"
+            created[name] = time.monotonic()
+            api.create_namespaced_pod(
+                ns,
+                {
+                    "metadata": {"name": name},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 0,
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": IMAGE,
+                                "imagePullPolicy": "Never",
+                                "command": ["sleep", "3600"],
+                            }
+                        ],
+                    },
+                },
+            )
+        deadline = time.monotonic() + 300
+        while len(seen) < PODS * 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done.set()
+        missing = sorted(set(created) - set(seen))
+        if missing:
+            raise RuntimeError(f"not running after 300 s: {', '.join(missing)}")
+    finally:
+        done.set()
+        api.delete_namespace(ns)
+    return {kind: [seen[n] - created[n] for n in created if n.startswith(kind)] for kind in ("cm", "pod")}
+
+
+def run() -> dict:
+    with tempfile.TemporaryDirectory(prefix="rhizeption-bench-hc-") as tmp:
+        kubeconfig = Path(tmp) / "admin.kubeconfig"
+        extra = ["--", "-e", f"host_cluster_admin_kubeconfig={kubeconfig}"]
+        molecule("destroy", "-s", SCENARIO)
+        try:
+            create_s = molecule("create", "-s", SCENARIO)
+            converge_s = molecule("converge", "-s", SCENARIO, *extra)
+            noop_s = molecule("converge", "-s", SCENARIO, *extra)
+            lat = watch_latencies(kubeconfig)
+            rss = {"kube-apiserver@hc-cp": rss_mb(HOSTS["hc-cp"], "kube-apiserver")}
+            rss |= {f"kubelet@{h}": rss_mb(c, "kubelet") for h, c in HOSTS.items()}
+        finally:
+            molecule("destroy", "-s", SCENARIO)
+    pod, cm = lat["pod"], lat["cm"]
+    return {
+        "unit": "seconds",
+        "create_hosts_s": create_s,
+        "converge": {"fresh_s": converge_s, "noop_baseline_s": noop_s, "ratio": converge_s / noop_s},
+        "pod_startup": {
+            "pods": PODS,
+            "p50_s": percentile(pod, 0.5),
+            "p99_s": percentile(pod, 0.99),
+            "max_s": max(pod),
+            "baseline_configmap_p50_s": statistics.median(cm),
+            "ratio_p50": percentile(pod, 0.5) / statistics.median(cm),
+            "samples_s": pod,
+        },
+        "rss_mb": rss,
+    }
+
+
+def report(result: dict) -> str:
+    c, p = result["converge"], result["pod_startup"]
+    rows = [["host_cluster", "value", "baseline", "x baseline"]]
+    rows.append(
+        [
+            "converge, fresh 2 nodes (s)",
+            f"{c['fresh_s']:.0f}",
+            f"{c['noop_baseline_s']:.0f} (no-op)",
+            f"{c['ratio']:.1f}",
+        ]
+    )
+    rows.append(
+        [
+            f"pod startup p50 / p99, {p['pods']} Pods (s)",
+            f"{p['p50_s']:.2f} / {p['p99_s']:.2f}",
+            f"{p['baseline_configmap_p50_s']:.3f} (ConfigMap)",
+            f"{p['ratio_p50']:.0f}",
+        ]
+    )
+    for name, mb in result["rss_mb"].items():
+        rows.append([f"RSS {name} (MB)", f"{mb:.0f}", "", ""])
+    return common.table(rows)
