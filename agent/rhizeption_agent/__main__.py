@@ -1,0 +1,113 @@
+"""``python -m rhizeption_agent --config /etc/rhizeption-agent/config.yaml``"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+from .config import AgentConfig, ConfigError, load
+
+
+def build(cfg: AgentConfig):
+    from . import identity  # noqa: PLC0415
+    from .agent import Agent  # noqa: PLC0415
+    from .backends.podman import PodmanRuntime  # noqa: PLC0415
+    from .kubeapi import connect  # noqa: PLC0415
+    from .node import addresses, allocatable, capacity, measure  # noqa: PLC0415
+    from .runtime import RuntimeProvider  # noqa: PLC0415
+    from .volumes import Volumes  # noqa: PLC0415
+
+    if cfg.bootstrap_kubeconfig and not identity.client_kubeconfig_valid(Path(cfg.kubeconfig)):
+        identity.bootstrap_client(cfg.bootstrap_kubeconfig, Path(cfg.kubeconfig), cfg.node_name)
+    kube = connect(cfg.kubeconfig)
+    host_ip = addresses(cfg)[0]["address"]
+    provider = RuntimeProvider(
+        PodmanRuntime(cfg.podman_url),
+        Volumes(kube, cfg.state_dir, host_ip),
+        kube,
+        node_name=cfg.node_name,
+        infra_image=cfg.infra_image,
+        host_ip=host_ip,
+        extra_labels=cfg.extra_labels,
+        allocatable=allocatable(capacity(measure(cfg.state_dir), cfg.max_pods), cfg.reserved),
+    )
+    provider.volume_resync = cfg.volume_resync_seconds
+    agent = Agent(cfg, kube, provider)
+    if cfg.server.enabled:
+        from .server import NodeServer, self_signed  # noqa: PLC0415
+
+        cert, key = cfg.server.cert_file, cfg.server.key_file
+        if not cert:
+            cert, key = self_signed(cfg.state_dir, cfg.node_name, [host_ip])
+        agent.server = NodeServer(
+            kube,
+            provider,
+            agent.pods,
+            node_name=cfg.node_name,
+            address=cfg.server.address,
+            port=cfg.server.port,
+            cert_file=cert,
+            key_file=key,
+            client_ca_file=cfg.server.client_ca_file,
+        )
+        if cfg.server.request_serving_certificate:
+            server = agent.server
+
+            def serving() -> None:
+                names = [a["address"] for a in addresses(cfg) if a["type"] == "Hostname"]
+                got = identity.serving_certificate(
+                    kube,
+                    cfg.state_dir,
+                    cfg.node_name,
+                    ips=[host_ip],
+                    dns=[cfg.node_name, *names],
+                    timeout=3600,
+                )
+                if got:
+                    server.use_certificate(*got)
+
+            threading.Thread(target=serving, name="serving-csr", daemon=True).start()
+    return agent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rhizeption-agent", description="rhizeption node agent " + __version__
+    )
+    parser.add_argument("--config", required=True, help="the agent's YAML configuration file")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"rhizeption-agent: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"rhizeption-agent: {args.config} is valid")
+        return 0
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    agent = build(cfg)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("rhizeption_agent").info("signal %d: stopping (Pods keep running)", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    done.wait()
+    agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

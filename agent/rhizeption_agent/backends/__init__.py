@@ -1,0 +1,1 @@
+"""Container runtimes that ``runtime.RuntimeProvider`` drives."""

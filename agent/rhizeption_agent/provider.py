@@ -1,0 +1,87 @@
+"""What the core asks of a backend: the virtual-kubelet provider contract, narrowed to
+what this agent uses.
+
+The core (agent.py) owns the Node, the Lease, the Pod watch, Pod status writes, Events and
+the :10250 API; a Provider owns how a Pod runs. ``RuntimeProvider`` (runtime.py) runs Pods
+on a local container runtime such as Podman; a host-cluster provider would run them as
+Pods of another cluster and implement the same methods.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Obj = dict[str, Any]
+
+
+class EventSink(Protocol):
+    def __call__(self, pod: Obj, type_: str, reason: str, message: str) -> None: ...
+
+
+@dataclass
+class NodeFacts:
+    """What the provider knows about the node it runs Pods on."""
+
+    runtime_version: str  # nodeInfo.containerRuntimeVersion, e.g. podman://4.3.1
+    healthy: bool
+    message: str = ""
+
+
+@dataclass
+class LogRequest:
+    container: str
+    follow: bool = False
+    previous: bool = False
+    tail_lines: int | None = None
+    timestamps: bool = False
+    since_seconds: int | None = None
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    output: bytes = b""
+
+
+@dataclass
+class PodView:
+    """A Pod the provider is running, as found on the node (for adoption at start)."""
+
+    uid: str
+    namespace: str
+    name: str
+    extra: Obj = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """A request the provider cannot serve (unknown Pod or container, say)."""
+
+
+class Provider(Protocol):
+    def facts(self) -> NodeFacts: ...
+
+    def running_pods(self) -> list[PodView]:
+        """Every Pod this agent runs on the node, found by its own labels."""
+
+    def sync(self, pod: Obj, emit: EventSink) -> Obj:
+        """Bring the Pod's containers towards its spec (one step, never blocking long)
+        and return the Pod's status as it now is."""
+
+    def terminate(self, pod: Obj, grace_seconds: int, emit: EventSink) -> None:
+        """Stop the Pod's containers within GRACE_SECONDS and release everything it held."""
+
+    def forget(self, uid: str) -> None:
+        """Remove a Pod whose API object is gone (no grace left to give)."""
+
+    def logs(self, pod: Obj, request: LogRequest) -> Iterator[bytes]: ...
+
+    def exec(self, pod: Obj, container: str, command: list[str], timeout: float) -> ExecResult: ...
+
+    def connect(self, pod: Obj, port: int) -> socket.socket:
+        """A TCP connection to PORT in the Pod's network (port-forward)."""
+
+    def stats(self) -> Obj:
+        """The stats/summary document's pods section and node totals."""

@@ -1,0 +1,59 @@
+"""The agent's config file: defaults, and one clear message naming the field for bad input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from rhizeption_agent import __main__ as cli
+from rhizeption_agent.config import ConfigError, load, parse
+
+MINIMAL = {"node_name": "pet-1", "kubeconfig": "/etc/rhizeption-agent/kubeconfig"}
+
+
+def test_minimal_config_takes_the_defaults():
+    cfg = parse(MINIMAL)
+    assert cfg.lease_renew_seconds == 10.0
+    assert cfg.status_report_seconds == 300.0
+    assert cfg.server.port == 10250
+    assert cfg.podman_url == "unix:///run/podman/podman.sock"
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"kubeconfig": "/k"}, "'node_name'"),
+        ({**MINIMAL, "node_name": "Pet_1"}, "'node_name'"),
+        ({**MINIMAL, "nodename": "x"}, "'nodename'"),
+        ({**MINIMAL, "max_pods": "many"}, "'max_pods'"),
+        ({**MINIMAL, "max_pods": True}, "'max_pods'"),
+        ({**MINIMAL, "internal_ip": "10.0.0.300"}, "'internal_ip'"),
+        ({**MINIMAL, "taints": [{"key": "a", "effect": "Sometimes"}]}, "'taints[0]'"),
+        ({**MINIMAL, "labels": {"zone": 3}}, "'labels.zone'"),
+        ({**MINIMAL, "reserved": {"gpu": "1"}}, "'reserved.gpu'"),
+        ({**MINIMAL, "server": {"port": 70000}}, "'server.port'"),
+        ({**MINIMAL, "server": {"prot": 1}}, "'server.prot'"),
+        ({**MINIMAL, "lease_renew_seconds": 50}, "'lease_renew_seconds'"),
+    ],
+)
+def test_bad_input_names_the_field(data, field):
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        parse(data)
+
+
+def test_a_file_that_is_not_yaml_is_one_clear_message(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text("node_name: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_the_agent_stops_at_start_with_one_line_for_a_malformed_config(tmp_path, capsys):
+    path = tmp_path / "agent.yaml"
+    path.write_text("node_name: pet-1\nkubeconfig: /k\nmax_pods: lots\n")
+    assert cli.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "max_pods" in err[0] and "int" in err[0]
