@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine
+from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine, hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     CLUSTER_LABEL,
@@ -179,10 +179,18 @@ def write_status(kube: Kube, cluster: Obj, machines: List[Obj]) -> Obj:
 
 
 def ensure_present(
-    kube: Kube, desired: Obj, *, check_mode: bool = False, wait: bool = False, timeout: float = 300
+    kube: Kube,
+    desired: Obj,
+    *,
+    check_mode: bool = False,
+    wait: bool = False,
+    timeout: float = 300,
+    tenant: Kube | None = None,
 ) -> Outcome:
     """Apply the cluster, scale its machines to spec.replicas, heal machines whose Pod is
-    gone, and write status. With WAIT, follow the Pods until every machine is ready."""
+    gone, and write status. With WAIT, follow the Pods until every machine is ready.
+    With its TENANT's API, the machines get bootstrap data and join the tenant as Nodes
+    (WAIT then also waits for the Nodes to be Ready), and scale-down drains them first."""
     ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     path = HNCLUSTER.path(ns, name)
     out = Outcome(before=kube.get(path))
@@ -196,29 +204,49 @@ def ensure_present(
     out.plan = plan_scale(name, replicas, machines)
     out.changed = out.changed or bool(out.plan.create or out.plan.delete)
     out.after = cluster
+    creds = hosted_node.tenant_credentials(tenant, cluster, check_mode=check_mode) if tenant else None
     if check_mode:
         out.machines = machines
         return out
 
     for machine_name_ in out.plan.delete:
-        hnmachine.ensure_absent(kube, ns, machine_name_, timeout=timeout)
+        hnmachine.ensure_absent(kube, ns, machine_name_, timeout=timeout, tenant=tenant)
     for machine_name_ in out.plan.create:
-        hnmachine.ensure_present(
-            kube, hnmachine.render_machine(machine_name_, ns, cluster), cluster, timeout=timeout
+        machine = hnmachine.render_machine(
+            machine_name_,
+            ns,
+            cluster,
+            provider_id=hosted_node.provider_id(ns, machine_name_) if tenant else None,
+            bootstrap_secret=hosted_node.bootstrap_secret_name(machine_name_) if tenant else None,
         )
-    # Machines that were already there: recreate a lost Pod, refresh status.
+        hnmachine.ensure_present(kube, machine, cluster, timeout=timeout, creds=creds)
+    # Machines that were already there: keep their bootstrap data current (a token that ends
+    # is replaced), recreate a lost Pod, refresh status.
     machines = list_machines(kube, ns, name)
     for i, machine in enumerate(machines):
         if meta(machine, "deletionTimestamp"):
             continue
+        if creds is not None and (machine["spec"].get("bootstrap") or {}).get("dataSecretName"):
+            _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, machine, creds)
+            out.changed = out.changed or written
         pod, created = hnmachine.ensure_pod(kube, machine, cluster, timeout)
         out.changed = out.changed or created
         machines[i] = hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod))
     if wait:
         machines = wait_ready(kube, cluster, machines, timeout)
+        if tenant is not None:
+            nodes = hosted_node.wait_nodes_ready(tenant, [m["metadata"]["name"] for m in machines], timeout)
+            machines = [_with_node(kube, m, nodes.get(m["metadata"]["name"])) for m in machines]
     out.machines = machines
     out.after = write_status(kube, cluster, machines)
     return out
+
+
+def _with_node(kube: Kube, machine: Obj, node: Obj | None) -> Obj:
+    """The machine's status once its tenant Node is known."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    pod = kube.get(POD.path(ns, name))
+    return hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod, node))
 
 
 def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) -> List[Obj]:
@@ -262,7 +290,13 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
 
 
 def ensure_absent(
-    kube: Kube, namespace: str, name: str, *, check_mode: bool = False, timeout: float = 300
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    check_mode: bool = False,
+    timeout: float = 300,
+    tenant: Kube | None = None,
 ) -> Outcome:
     """Delete the machines (each in its own order: Pod, finalizer, machine), least
     disruptive first, then the cluster. A cluster that does not exist is no change."""
@@ -277,7 +311,7 @@ def ensure_absent(
     if check_mode:
         return out
     for machine_name_ in out.plan.delete:
-        hnmachine.ensure_absent(kube, namespace, machine_name_, timeout=timeout)
+        hnmachine.ensure_absent(kube, namespace, machine_name_, timeout=timeout, tenant=tenant)
     kube.delete(path, uid=cluster["metadata"]["uid"], what=f"delete HnCluster {namespace}/{name}")
     ok, _unused = kube.wait(
         HNCLUSTER.path(namespace),

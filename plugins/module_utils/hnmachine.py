@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Dict, List, Tuple
 
+from ansible_collections.rhizeption.core.plugins.module_utils import hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     CLUSTER_LABEL,
@@ -28,6 +29,10 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     meta,
     owner_reference,
     status_of,
+)
+from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import (
+    BOOTSTRAP_KEY,
+    BOOTSTRAP_SENTINEL,
 )
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import POD, Kube, KubeError, Obj
 
@@ -57,6 +62,7 @@ def render_machine(
     template: Obj | None = None,
     labels: Dict[str, str] | None = None,
     provider_id: str | None = None,
+    bootstrap_secret: str | None = None,
 ) -> Obj:
     """The HnMachine as this field manager wants it (server-side apply input)."""
     spec: Obj = {"clusterName": cluster["metadata"]["name"]}
@@ -64,6 +70,8 @@ def render_machine(
         spec["template"] = template
     if provider_id:
         spec["providerID"] = provider_id
+    if bootstrap_secret:
+        spec["bootstrap"] = {"dataSecretName": bootstrap_secret}
     return {
         "apiVersion": API_VERSION,
         "kind": "HnMachine",
@@ -122,8 +130,19 @@ def render_pod(machine: Obj, cluster: Obj) -> Obj:
     ]
     if endpoint:
         env.append({"name": "HN_CONTROL_PLANE_ENDPOINT", "value": f"{endpoint['host']}:{endpoint['port']}"})
-    # A node's runtime and kubelet state lives in the Pod and goes with it; /run and /tmp
-    # are tmpfs as on a real host, and the host's kernel modules are visible read-only.
+    env.append({"name": "NODE_NAME", "value": name})
+    machine_spec = machine.get("spec") or {}
+    bootstrap_secret = (machine_spec.get("bootstrap") or {}).get("dataSecretName")
+    if bootstrap_secret:
+        # The Cluster API way: the node image reads its bootstrap data from this variable.
+        env.append(
+            {
+                "name": "BOOTSTRAP_DATA",
+                "valueFrom": {"secretKeyRef": {"name": bootstrap_secret, "key": BOOTSTRAP_KEY}},
+            }
+        )
+    # A node's runtime and kubelet state lives in the Pod and goes with it (on volumes: overlayfs
+    # cannot stack on the container's overlay root); /run and /tmp are tmpfs as on a real host.
     state_dirs = {
         "containerd": "/var/lib/containerd",
         "kubelet": "/var/lib/kubelet",
@@ -133,21 +152,32 @@ def render_pod(machine: Obj, cluster: Obj) -> Obj:
     volumes += [
         {"name": "run", "emptyDir": {"medium": "Memory"}},
         {"name": "tmp", "emptyDir": {"medium": "Memory"}},
-        {"name": "modules", "hostPath": {"path": "/lib/modules", "type": "Directory"}},
+        # The host's cgroup hierarchy, read-write: the only way the node's containerd can run
+        # containers inside a container on these machines (MACHINE.md); its kubelet keeps to a
+        # cgroupRoot of the machine's own (hosted_node.cgroup_root).
+        {"name": "cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}},
     ]
     mounts: List[Obj] = [{"name": v, "mountPath": p} for v, p in state_dirs.items()]
     mounts += [
         {"name": "run", "mountPath": "/run"},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "modules", "mountPath": "/lib/modules", "readOnly": True},
+        {"name": "cgroup", "mountPath": "/sys/fs/cgroup"},
     ]
     container: Obj = {
         "name": NODE_CONTAINER,
         "image": template["image"],
         "env": env,
+        # containerd, runc and kubelet manage mounts, cgroups, namespaces and nftables.
         "securityContext": {"privileged": True},
         "volumeMounts": mounts,
     }
+    check = (machine_spec.get("bootstrapCheckSpec") or {}).get("checkStrategy", "exec")
+    if bootstrap_secret and check == "exec":
+        container["readinessProbe"] = {
+            "exec": {"command": ["test", "-f", BOOTSTRAP_SENTINEL]},
+            "periodSeconds": 2,
+            "failureThreshold": 1,
+        }
     if template.get("imagePullPolicy"):
         container["imagePullPolicy"] = template["imagePullPolicy"]
     if template.get("resources"):
@@ -220,9 +250,12 @@ def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: s
                 status[dst] = pod_status[src]
         if pod["spec"].get("nodeName"):
             status["hostNodeName"] = pod["spec"]["nodeName"]
-        addresses = [{"type": "Hostname", "address": name}]
+        # Cluster API's meaning: where the machine is reached; the host node runs it.
+        addresses = []
         if pod_status.get("podIP"):
-            addresses.insert(0, {"type": "InternalIP", "address": pod_status["podIP"]})
+            addresses.append({"type": "InternalIP", "address": pod_status["podIP"]})
+        if pod["spec"].get("nodeName"):
+            addresses.append({"type": "Hostname", "address": pod["spec"]["nodeName"]})
         status["addresses"] = addresses
 
     trouble = _container_trouble(pod) if pod else None
@@ -267,6 +300,15 @@ def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: s
         ),
         condition(
             previous,
+            "ContainerProvisioned",
+            _container_running(pod),
+            "Running" if _container_running(pod) else (trouble or {}).get("reason") or "NotRunning",
+            (trouble or {}).get("message") or "",
+            now=now,
+            generation=generation,
+        ),
+        condition(
+            previous,
             "PodReady",
             status["ready"],
             (trouble or {}).get("reason") or ("Ready" if status["ready"] else "NotReady"),
@@ -277,6 +319,14 @@ def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: s
     ]
     status["conditions"] = conditions
     return status
+
+
+def _container_running(pod: Obj | None) -> bool:
+    """Cluster API's ContainerProvisioned: the node container has started and runs."""
+    return any(
+        cs.get("name") == NODE_CONTAINER and "running" in (cs.get("state") or {})
+        for cs in status_of(pod).get("containerStatuses") or []
+    )
 
 
 def _node_ready(node: Obj | None) -> bool:
@@ -329,9 +379,11 @@ def ensure_present(
     check_mode: bool = False,
     wait_for: str | None = None,
     timeout: float = 300,
+    creds: hosted_node.TenantCredentials | None = None,
 ) -> Outcome:
     """Make the HnMachine DESIRED exist with its Pod, and write its status. With WAIT_FOR,
-    follow the Pod until the machine reaches that phase (or a later one)."""
+    follow the Pod until the machine reaches that phase (or a later one). With CREDS (its
+    tenant's), the machine's bootstrap Secret is written before its Pod."""
     ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     path = HNMACHINE.path(ns, name)
     out = Outcome(before=kube.get(path))
@@ -350,6 +402,9 @@ def ensure_present(
     if not status_of(applied):
         # A new machine says so before it has a Pod: it is Pending.
         applied = write_status(kube, applied, derive_status(applied, None))
+    if creds is not None:
+        _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, applied, creds)
+        out.changed = out.changed or written
     pod, out.pod_created = ensure_pod(kube, applied, cluster, timeout, created_machine=out.before is None)
     out.changed = out.changed or out.pod_created
     out.after = write_status(kube, applied, derive_status(applied, pod))
@@ -430,11 +485,18 @@ def wait_for_phase(kube: Kube, machine: Obj, wanted: str, timeout: float) -> Obj
 
 
 def ensure_absent(
-    kube: Kube, namespace: str, name: str, *, check_mode: bool = False, timeout: float = 300
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    check_mode: bool = False,
+    timeout: float = 300,
+    tenant: Kube | None = None,
 ) -> Outcome:
-    """Delete an HnMachine in order: mark it Deleting, delete its Pod and wait until the Pod
-    is gone, release our finalizer, then wait until the machine is gone (other
-    finalizers are honoured). A machine that does not exist is no change."""
+    """Delete an HnMachine in order: mark it Deleting, (with its TENANT: drain its Node there),
+    delete its Pod and wait until the Pod is gone, (delete the tenant's Node object), release
+    our finalizer, then wait until the machine is gone (other finalizers are honoured). A
+    machine that does not exist is no change."""
     path = HNMACHINE.path(namespace, name)
     machine = kube.get(path)
     out = Outcome(before=machine)
@@ -451,6 +513,8 @@ def ensure_absent(
     if MACHINE_FINALIZER in (meta(machine, "finalizers") or []):
         pod = kube.get(POD.path(namespace, name))
         machine = write_status(kube, machine, derive_status(machine, pod))
+        if tenant is not None:
+            out.messages += [f"evicted {p}" for p in hosted_node.drain(tenant, name, timeout)]
         if pod is not None and _owned_by(pod, machine):
             kube.delete(
                 POD.path(namespace, name),
@@ -458,6 +522,8 @@ def ensure_absent(
                 what=f"delete the node Pod {namespace}/{name}",
             )
             _wait_gone(kube, POD.path(namespace), name, timeout)
+        if tenant is not None:
+            hosted_node.delete_node(tenant, name)
         _remove_finalizer(kube, machine)
     _wait_gone(kube, HNMACHINE.path(namespace), name, timeout, what="HnMachine")
     return out

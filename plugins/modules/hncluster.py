@@ -63,6 +63,18 @@ options:
     description: Seconds to wait, for O(wait) and for each deletion.
     type: int
     default: 300
+  tenant_kubeconfig:
+    description:
+      - Path of an admin kubeconfig of the tenant control plane the hosted nodes join, as
+        M(rhizeption.core.tenant_control_plane) writes it.
+      - With it the collection is the machines' bootstrap provider. It grants the tenant TLS bootstrap with
+        automatic approval of node client certificates, keeps one bootstrap token per cluster (a token near
+        its end is replaced, never reused), and writes each machine's bootstrap Secret before its Pod. The
+        machines get C(spec.bootstrap.dataSecretName) and C(spec.providerID) C(rhizeption://NAMESPACE/NAME).
+        O(wait) also waits for their Nodes in the tenant to be Ready. Scaling down cordons and drains a
+        machine's Node, through the Eviction API, before its Pod goes, then deletes the Node.
+      - Without it the machines run their node image with no bootstrap data, so no kubelet joins anything.
+    type: path
 extends_documentation_fragment:
   - kubernetes.core.k8s_auth_options
   - rhizeption.core.hn_module
@@ -88,29 +100,32 @@ EXAMPLES = r"""
     spec:
       controlPlaneRef: {name: blue}
       controlPlaneEndpoint: {host: blue-apiserver.tenants.svc, port: 6443}
-      network: {podCIDR: 10.244.0.0/16, serviceCIDR: 10.96.0.0/16}
+      network: {podCIDR: 10.240.0.0/16, serviceCIDR: 10.112.0.0/16}
       machineTemplate:
-        image: localhost/rhizeption/hosted-node:v1.34.4
+        image: localhost/rhizeption/node:v1.34.4
         imagePullPolicy: Never
         kubeletVersion: v1.34.4
         resources:
           requests: {cpu: 500m, memory: 1Gi}
+    tenant_kubeconfig: ~/.kube/tenant-blue
     wait: true
 
-- name: Scale it down to one (failed and unready machines go first)
+- name: Scale it down to one (failed and unready machines go first; each is drained in the tenant first)
   rhizeption.core.hncluster:
     namespace: tenants
     name: blue
     replicas: 1
     spec:
       machineTemplate:
-        image: localhost/rhizeption/hosted-node:v1.34.4
+        image: localhost/rhizeption/node:v1.34.4
+    tenant_kubeconfig: ~/.kube/tenant-blue
 
-- name: Remove the cluster and all its machines
+- name: Remove the cluster and all its machines (and their Nodes from the tenant)
   rhizeption.core.hncluster:
     namespace: tenants
     name: blue
     state: absent
+    tenant_kubeconfig: ~/.kube/tenant-blue
 """
 
 RETURN = r"""
@@ -137,7 +152,7 @@ machines:
   sample: [{name: blue-0, phase: Running, ready: true}]
 """
 
-from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, hncluster  # noqa: E402
+from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, hncluster, hosted_node  # noqa: E402
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import status_of  # noqa: E402
 from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import MachineError  # noqa: E402
 
@@ -153,6 +168,7 @@ def main() -> None:
             labels=dict(type="dict"),
             wait=dict(type="bool", default=False),
             wait_timeout=dict(type="int", default=hn_module.WAIT_TIMEOUT),
+            tenant_kubeconfig=dict(type="path"),
         ),
         required_if=[("state", "present", ["spec"])],
     )
@@ -161,9 +177,15 @@ def main() -> None:
         mod.fail_json(msg=f"replicas: must be 0 or more, got {p['replicas']}")
 
     def body(kube):
+        tenant = hosted_node.tenant_kube(p["tenant_kubeconfig"]) if p["tenant_kubeconfig"] else None
         if p["state"] == "absent":
             out = hncluster.ensure_absent(
-                kube, p["namespace"], p["name"], check_mode=mod.check_mode, timeout=p["wait_timeout"]
+                kube,
+                p["namespace"],
+                p["name"],
+                check_mode=mod.check_mode,
+                timeout=p["wait_timeout"],
+                tenant=tenant,
             )
             result = {"changed": out.changed, "created": [], "deleted": out.plan.delete}
             if mod._diff:
@@ -174,7 +196,7 @@ def main() -> None:
             spec["replicas"] = p["replicas"]
         desired = hncluster.render_cluster(p["name"], p["namespace"], spec, labels=p["labels"])
         out = hncluster.ensure_present(
-            kube, desired, check_mode=mod.check_mode, wait=p["wait"], timeout=p["wait_timeout"]
+            kube, desired, check_mode=mod.check_mode, wait=p["wait"], timeout=p["wait_timeout"], tenant=tenant
         )
         result = {
             "changed": out.changed,
@@ -197,7 +219,7 @@ def main() -> None:
             }
         return result
 
-    hn_module.run(mod, body, hncluster.ClusterError, MachineError)
+    hn_module.run(mod, body, hncluster.ClusterError, MachineError, hosted_node.BootstrapError)
 
 
 if __name__ == "__main__":

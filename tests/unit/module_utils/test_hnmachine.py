@@ -137,17 +137,36 @@ def test_pod_is_privileged_owned_labelled_and_keeps_node_state_in_its_own_volume
     volumes = {v["name"]: v for v in spec["volumes"]}
     for path in ("/var/lib/containerd", "/var/lib/kubelet", "/run"):
         assert "emptyDir" in volumes[mounts[path]], path
-    assert volumes[mounts["/lib/modules"]]["hostPath"]["path"] == "/lib/modules"
+    assert volumes[mounts["/sys/fs/cgroup"]]["hostPath"]["path"] == "/sys/fs/cgroup"
     env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NODE_NAME"] == "blue-0"
     assert env["HN_CONTROL_PLANE_ENDPOINT"] == "blue-api.tenants.svc:6443"
     assert env["HN_NODE_LABELS"] == "tier=edge,zone=a"
     assert env["HN_POD_CIDR"] == "10.244.0.0/16"
+
+
+def test_pod_reads_its_bootstrap_secret_and_is_ready_only_after_the_sentinel():
+    m = machine()
+    m["spec"]["bootstrap"] = {"dataSecretName": "blue-0-bootstrap"}
+    (c,) = hnmachine.render_pod(m, cluster())["spec"]["containers"]
+    (data,) = [e for e in c["env"] if e["name"] == "BOOTSTRAP_DATA"]
+    assert data["valueFrom"] == {"secretKeyRef": {"name": "blue-0-bootstrap", "key": "value"}}
+    assert c["readinessProbe"]["exec"]["command"] == [
+        "test",
+        "-f",
+        "/run/cluster-api/bootstrap-success.complete",
+    ]
+    m["spec"]["bootstrapCheckSpec"] = {"checkStrategy": "none"}
+    (c,) = hnmachine.render_pod(m, cluster())["spec"]["containers"]
+    assert "readinessProbe" not in c
 
 
 def test_pod_leaves_out_what_the_template_does_not_set():
     p = hnmachine.render_pod(machine(), cluster())
     (c,) = p["spec"]["containers"]
     assert "resources" not in c and "imagePullPolicy" not in c
+    assert "readinessProbe" not in c  # no bootstrap data: nothing to wait for
+    assert "BOOTSTRAP_DATA" not in {e["name"] for e in c["env"]}
     assert "tolerations" not in p["spec"]
 
 
@@ -191,7 +210,7 @@ def test_running_pod_reports_its_addresses_and_host():
     assert status["hostNodeName"] == "host-1"
     assert status["addresses"] == [
         {"type": "InternalIP", "address": "10.0.0.5"},
-        {"type": "Hostname", "address": "blue-0"},
+        {"type": "Hostname", "address": "host-1"},  # where the machine runs (Cluster API)
     ]
     assert "nodeName" not in status  # the tenant Node is not known yet
 

@@ -1,0 +1,170 @@
+"""Hosted nodes: HnMachine apply -> Node Ready in the tenant (median of 5), and the resident
+memory of a hosted node's processes (containerd, kubelet, kube-proxy, shims), idle and with 10
+Pods. The baseline, measured side by side, is the same node image run by Podman as the rig's
+real node: the cost of running the node as a Pod of a host cluster instead.
+
+The tenant is a rig control plane that listens where the host cluster's Pods reach it."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import kubernetes
+from riglib import toolchain
+from riglib.controlplane import SERVICE_CIDR, ControlPlane
+from riglib.node import HostCluster, image_archive
+
+from ansible_collections.rhizeption.core.plugins.module_utils import hncluster  # isort: skip
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube  # isort: skip
+
+from . import common
+
+ROUNDS = 5
+PODS = 10
+NAMESPACE = "bench-hosted"
+NODE_PROCESSES = ("containerd", "containerd-shim", "containerd-shim-runc-v2", "kubelet", "kube-proxy")
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # ended meanwhile
+    return total / 1024
+
+
+def node_pids(marker: str) -> list[int]:
+    """The node processes whose cgroup path contains MARKER (a Pod uid, a container id)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            if comm in NODE_PROCESSES and marker in (proc / "cgroup").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def spec(hc: HostCluster, tenant: ControlPlane) -> dict:
+    return {
+        "replicas": 1,
+        "controlPlaneEndpoint": {"host": hc.node.gateway, "port": int(tenant.server.rsplit(":", 1)[1])},
+        "network": {"podCIDR": "10.240.0.0/16", "serviceCIDR": SERVICE_CIDR},
+        "machineTemplate": {
+            "image": f"localhost/rhizeption/node:{toolchain.versions()['KUBERNETES_VERSION']}",
+            "imagePullPolicy": "Never",
+        },
+    }
+
+
+def busybox_pod(name: str, node: str) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "sleep",
+                    "image": "localhost/rhizeption/busybox:bookworm",
+                    "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"],
+                }
+            ],
+        },
+    }
+
+
+def run() -> dict:
+    with (
+        tempfile.TemporaryDirectory(prefix="rhizeption-bench-") as tmp,
+        HostCluster(Path(tmp) / "host", die_with_parent=True) as hc,
+        ControlPlane(
+            Path(tmp) / "tenant",
+            HostCluster.COMPONENTS,
+            address=hc.node.gateway,
+            cluster_cidr="10.240.0.0/16",
+            die_with_parent=True,
+        ) as tenant,
+    ):
+        return measure(hc, tenant)
+
+
+def measure(hc: HostCluster, tenant: ControlPlane) -> dict:
+    hc.load_images([image_archive("node")])
+    hc.kubectl("apply", "--server-side", "-f", str(toolchain.HACK_DIR.parent / "roles/crds/files/crds.yaml"))
+    hc.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    hc.kubectl("create", "namespace", NAMESPACE)
+    host = Kube(kubernetes.config.new_client_from_config(str(hc.kubeconfig)))
+    tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
+    tenant_kube = Kube(tclient)
+    tcore = kubernetes.client.CoreV1Api(tclient)
+    hcore = kubernetes.client.CoreV1Api(host.api)
+    desired = hncluster.render_cluster("bench", NAMESPACE, spec(hc, tenant))
+
+    ready_s = []
+    for _round in range(ROUNDS):
+        start = time.monotonic()
+        hncluster.ensure_present(host, desired, wait=True, timeout=300, tenant=tenant_kube)
+        ready_s.append(time.monotonic() - start)
+        if _round < ROUNDS - 1:
+            hncluster.ensure_absent(host, NAMESPACE, "bench", timeout=300, tenant=tenant_kube)
+
+    # Memory: the hosted node (processes in its Pod's cgroups) and the rig's node (same image,
+    # run by Podman), idle, then with PODS Pods each.
+    uid = hcore.read_namespaced_pod("bench-0", NAMESPACE).metadata.uid
+    rig_container = hc.node.container
+    rig_id = subprocess.run(
+        ["podman", "inspect", "--format", "{{.Id}}", rig_container],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    hosted = f"pod{uid}"  # the cgroupfs driver names a Pod's cgroup pod<uid>
+    memory = {"hosted idle": rss_mib(node_pids(hosted))}
+    memory["rig node idle (baseline)"] = rss_mib(node_pids(rig_id))
+    for i in range(PODS):
+        tcore.create_namespaced_pod("default", busybox_pod(f"load-{i}", "bench-0"))
+    hc.kubectl("create", "namespace", "bench-load")
+    for i in range(PODS):
+        hcore.create_namespaced_pod("bench-load", busybox_pod(f"load-{i}", hc.node.name))
+    for kubeconfig, ns in ((tenant.kubeconfig, "default"), (hc.kubeconfig, "bench-load")):
+        wait = ["-n", ns, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=180s"]
+        subprocess.run([str(toolchain.binary("kubectl")), f"--kubeconfig={kubeconfig}", *wait], check=True)
+    memory[f"hosted with {PODS} Pods"] = rss_mib(node_pids(hosted))
+    memory[f"rig node with {PODS} Pods (baseline)"] = rss_mib(node_pids(rig_id))
+    hncluster.ensure_absent(host, NAMESPACE, "bench", timeout=300, tenant=tenant_kube)
+    tclient.close()
+    host.api.close()
+    return {
+        "unit": "seconds and MiB",
+        "rounds": ROUNDS,
+        "apply_to_node_ready": common.summary(ready_s) | {"samples_s": ready_s, "goal_s": 20},
+        "rss_mib": memory,
+        "hosted_to_rig_rss_ratio": {
+            "idle": memory["hosted idle"] / max(memory["rig node idle (baseline)"], 1e-9),
+            f"with {PODS} Pods": memory[f"hosted with {PODS} Pods"]
+            / max(memory[f"rig node with {PODS} Pods (baseline)"], 1e-9),
+        },
+    }
+
+
+def report(result: dict) -> str:
+    ready = result["apply_to_node_ready"]
+    rows = [["hosted node", "value"]]
+    rows.append(["apply -> Node Ready, median s (goal 20)", f"{ready['median']:.1f}"])
+    rows.append(["apply -> Node Ready, min..max s", f"{ready['min']:.1f}..{ready['max']:.1f}"])
+    for name, mib in result["rss_mib"].items():
+        rows.append([f"RSS {name}, MiB", f"{mib:.0f}"])
+    for name, ratio in result["hosted_to_rig_rss_ratio"].items():
+        rows.append([f"RSS hosted / rig node, {name}", f"{ratio:.2f}"])
+    return common.table(rows)

@@ -1,0 +1,345 @@
+"""Hosted nodes for real: an HnCluster's machines are Pods of a real host cluster (the rig's
+real node) that run containerd and a kubelet, bootstrap with a token of their tenant, and join
+it as Ready Nodes that run the tenant's Pods.
+
+The tenant here is a rig control plane that listens where the host cluster's Pods reach it
+(the node network's gateway): the TenantControlPlane layer is tested on its own; this test is
+about the nodes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes
+import pytest
+from conftest import PLAYBOOKS
+from riglib import toolchain
+from riglib.controlplane import SERVICE_CIDR, ControlPlane
+from riglib.node import HostCluster, image_archive
+
+from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import cluster_dns_ip  # isort: skip
+
+GROUP, VERSION = "hn.rhizeption.io", "v1alpha1"
+TENANT_POD_CIDR = "10.240.0.0/16"
+NODE_IMAGE = f"localhost/rhizeption/node:{toolchain.versions()['KUBERNETES_VERSION']}"
+BUSYBOX = "localhost/rhizeption/busybox:bookworm"
+
+
+@pytest.fixture(scope="module")
+def tenant(host_cluster: HostCluster, tmp_path_factory) -> Iterator[ControlPlane]:
+    cp = ControlPlane(
+        tmp_path_factory.mktemp("tenant") / "rig",
+        ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+        address=host_cluster.node.gateway,
+        cluster_cidr=TENANT_POD_CIDR,
+        die_with_parent=True,
+    )
+    cp.up()
+    try:
+        yield cp
+    finally:
+        cp.down()
+
+
+@pytest.fixture(scope="module")
+def host_ns(host_cluster: HostCluster, host_api_client, run_playbook) -> Iterator[str]:
+    """The hn CRDs and the node image in the host cluster, and a namespace for the HnCluster."""
+    host_cluster.load_images([image_archive("node")])
+    run = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
+    assert run.rc == 0, run.failures or run.stderr
+    core = kubernetes.client.CoreV1Api(host_api_client)
+    name = f"t-hosted-{os.urandom(2).hex()}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        subprocess.run(
+            [*kubectl(host_cluster.kubeconfig), "delete", "namespace", name, "--wait=true", "--timeout=120s"],
+            check=False,
+            capture_output=True,
+        )
+
+
+def kubectl(kubeconfig) -> list[str]:
+    return [str(toolchain.binary("kubectl")), f"--kubeconfig={kubeconfig}"]
+
+
+def hncluster(run_playbook, host_cluster, tenant, namespace, *args, **task):
+    task = {
+        "name": "blue",
+        "namespace": namespace,
+        "tenant_kubeconfig": str(tenant.kubeconfig),
+        "wait": True,
+        "wait_timeout": 300,
+        **task,
+    }
+    played = run_playbook(
+        PLAYBOOKS / "hn_module.yml",
+        *args,
+        extra_vars={"module": "hncluster", "task": task, "kubeconfig": str(host_cluster.kubeconfig)},
+    )
+    (result,) = played.task_results("Run hncluster")
+    return result
+
+
+def cluster_spec(host_cluster: HostCluster, tenant: ControlPlane, replicas: int) -> dict:
+    port = tenant.server.rsplit(":", 1)[1]
+    return {
+        "replicas": replicas,
+        "controlPlaneEndpoint": {"host": host_cluster.node.gateway, "port": int(port)},
+        "network": {"podCIDR": TENANT_POD_CIDR, "serviceCIDR": SERVICE_CIDR},
+        "machineTemplate": {
+            "image": NODE_IMAGE,
+            "imagePullPolicy": "Never",
+            "nodeLabels": {"tier": "hosted"},
+        },
+    }
+
+
+def rolled_out(tenant: ControlPlane) -> None:
+    wait = [*kubectl(tenant.kubeconfig), "-n", "web", "rollout", "status", "deployment/web", "--timeout=180s"]
+    rollout = subprocess.run(wait, capture_output=True, text=True, check=False)
+    assert rollout.returncode == 0, rollout.stderr
+
+
+def run_client(tcore, node: str, hosts: list[str]) -> list[str]:
+    """What a busybox Pod on NODE gets over HTTP from port 8080 of each host, in order. Debian's
+    static busybox wget crashes (glibc's resolver in a static binary), so names are resolved
+    with nslookup and the request is sent with nc."""
+    name = f"client-{node}"
+    script = (
+        f"for t in {' '.join(hosts)}; do"
+        " case $t in *[a-z]*) a=$(nslookup $t | awk '/^Address/ {a=$NF} END {print a}');; *) a=$t;; esac;"
+        " printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 $a 8080 | tail -n 1 | grep . || echo FAILED-$t;"
+        " done"
+    )
+    container = {"name": "c", "image": BUSYBOX, "imagePullPolicy": "Never", "command": ["sh", "-c", script]}
+    tcore.create_namespaced_pod(
+        "web",
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "restartPolicy": "Never",
+                "containers": [container],
+            },
+        },
+    )
+    for event in kubernetes.watch.Watch().stream(
+        tcore.list_namespaced_pod, "web", field_selector=f"metadata.name={name}", timeout_seconds=120
+    ):
+        if event["object"].status.phase in ("Succeeded", "Failed"):
+            break
+    return tcore.read_namespaced_pod_log(name, "web").split()
+
+
+def ping_through_inventory(
+    host_cluster: HostCluster, namespace: str, tmp_path
+) -> subprocess.CompletedProcess:
+    inventory = tmp_path / "hosted.hnmachines.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "plugin": "rhizeption.core.hnmachines",
+                "kubeconfig": str(host_cluster.kubeconfig),
+                "namespaces": [namespace],
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{toolchain.binary('kubectl').parent}:{os.environ['PATH']}",
+        "ANSIBLE_INVENTORY_ENABLED": "rhizeption.core.hnmachines",
+        "ANSIBLE_HOST_KEY_CHECKING": "0",
+    }
+    ansible = Path(sys.executable).parent / "ansible"
+    return subprocess.run(
+        [str(ansible), "-i", str(inventory), "all", "-m", "ansible.builtin.ping", "-o"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def tenant_nodes(core) -> dict:
+    return {n.metadata.name: n for n in core.list_node().items}
+
+
+def ready(node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+@dataclass
+class Flow:
+    """What the tests of this module share, in order: one HnCluster and its tenant."""
+
+    host_cluster: HostCluster
+    tenant: ControlPlane
+    namespace: str
+    run_playbook: object
+    tcore: kubernetes.client.CoreV1Api
+    hcore: kubernetes.client.CoreV1Api
+    custom: kubernetes.client.CustomObjectsApi
+
+    def hncluster(self, *args, **task):
+        return hncluster(self.run_playbook, self.host_cluster, self.tenant, self.namespace, *args, **task)
+
+
+@pytest.fixture(scope="module")
+def flow(host_cluster, host_api_client, tenant, host_ns, run_playbook) -> Iterator[Flow]:
+    tenant_client = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
+    try:
+        yield Flow(
+            host_cluster,
+            tenant,
+            host_ns,
+            run_playbook,
+            kubernetes.client.CoreV1Api(tenant_client),
+            kubernetes.client.CoreV1Api(host_api_client),
+            kubernetes.client.CustomObjectsApi(host_api_client),
+        )
+    finally:
+        tenant_client.close()
+
+
+def web_deployment(replicas: int) -> dict:
+    """busybox httpd answering with the Pod's name, spread over the nodes."""
+    return {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "DoNotSchedule",
+                            "labelSelector": {"matchLabels": {"app": "web"}},
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": BUSYBOX,
+                            "imagePullPolicy": "Never",
+                            "command": [
+                                "sh",
+                                "-c",
+                                "hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                            ],
+                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_two_machines_join_the_tenant_as_ready_nodes(flow: Flow) -> None:
+    spec = cluster_spec(flow.host_cluster, flow.tenant, 2)
+    result = flow.hncluster(spec=spec)
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] and result["created"] == ["blue-0", "blue-1"]
+    nodes = tenant_nodes(flow.tcore)
+    assert set(nodes) == {"blue-0", "blue-1"} and all(ready(n) for n in nodes.values())
+    ns = flow.namespace
+    assert nodes["blue-0"].spec.provider_id == f"rhizeption://{ns}/blue-0"
+    assert nodes["blue-0"].metadata.labels["tier"] == "hosted"
+    machine = flow.custom.get_namespaced_custom_object(GROUP, VERSION, ns, "hnmachines", "blue-0")
+    assert machine["spec"]["providerID"] == f"rhizeption://{ns}/blue-0"
+    status = machine["status"]
+    assert (status["phase"], status["ready"], status["nodeName"]) == ("Ready", True, "blue-0")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["ContainerProvisioned"] == "True"
+    pod = flow.hcore.read_namespaced_pod("blue-0", ns)
+    addresses = {a["type"]: a["address"] for a in status["addresses"]}
+    assert addresses == {"InternalIP": pod.status.pod_ip, "Hostname": pod.spec.node_name}
+    # The bootstrap token is in the Secret, never in what the module says.
+    secret = flow.hcore.read_namespaced_secret("blue-0-bootstrap", ns)
+    files = json.loads(base64.b64decode(secret.data["value"]))["files"]
+    token = json.loads(files["bootstrap-kubelet.kubeconfig"])["users"][0]["user"]["token"]
+    assert token.split(".")[1] not in json.dumps(result)
+
+
+def test_a_second_identical_run_changes_nothing(flow: Flow) -> None:
+    again = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 2))
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is False
+
+
+def test_tenant_pods_spread_over_the_nodes_and_exec_reaches_them(flow: Flow) -> None:
+    flow.tcore.create_namespace({"metadata": {"name": "web"}})
+    kubernetes.client.AppsV1Api(flow.tcore.api_client).create_namespaced_deployment("web", web_deployment(4))
+    rolled_out(flow.tenant)
+    pods = flow.tcore.list_namespaced_pod("web").items
+    assert {p.spec.node_name for p in pods} == {"blue-0", "blue-1"}
+    some = pods[0].metadata.name
+    out = subprocess.run(
+        [*kubectl(flow.tenant.kubeconfig), "-n", "web", "exec", some, "--", "cat", "/tmp/index.html"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == some, out.stderr
+
+
+def test_dns_services_and_pod_traffic_work_across_nodes(flow: Flow) -> None:
+    """Tenant DNS from the cluster_dns role (CoreDNS is preloaded in the node image); a client
+    on each node reaches the Service by name and a Pod on the other node by its IP."""
+    dns = flow.run_playbook(
+        PLAYBOOKS / "cluster_dns.yml",
+        extra_vars={
+            "kubeconfig": str(flow.tenant.kubeconfig),
+            "cluster_dns_ip": cluster_dns_ip(SERVICE_CIDR),
+        },
+    )
+    assert dns.rc == 0, dns.failures or dns.stderr
+    flow.tcore.create_namespaced_service(
+        "web", {"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080}]}}
+    )
+    pods = flow.tcore.list_namespaced_pod("web", label_selector="app=web").items
+    by_node = {p.spec.node_name: p for p in pods}
+    for node, other in (("blue-0", "blue-1"), ("blue-1", "blue-0")):
+        answers = run_client(flow.tcore, node, ["web.web.svc.cluster.local", by_node[other].status.pod_ip])
+        assert answers[0] in {p.metadata.name for p in pods}, answers
+        assert answers[1] == by_node[other].metadata.name, answers
+
+
+def test_the_inventory_reaches_every_node_with_the_kubectl_connection(flow: Flow, tmp_path) -> None:
+    ping = ping_through_inventory(flow.host_cluster, flow.namespace, tmp_path)
+    assert ping.returncode == 0 and ping.stdout.count("SUCCESS") == 2, ping.stdout + ping.stderr
+
+
+def test_scale_down_drains_and_delete_leaves_nothing(flow: Flow) -> None:
+    spec = cluster_spec(flow.host_cluster, flow.tenant, 1)
+    down = flow.hncluster(spec=spec)
+    assert not down.get("failed"), down.get("msg")
+    assert down["deleted"] == ["blue-1"]
+    assert set(tenant_nodes(flow.tcore)) == {"blue-0"}
+    rolled_out(flow.tenant)
+    web = flow.tcore.list_namespaced_pod("web", label_selector="app=web").items
+    assert {p.spec.node_name for p in web} == {"blue-0"}
+
+    gone = flow.hncluster(state="absent")
+    assert not gone.get("failed"), gone.get("msg")
+    assert tenant_nodes(flow.tcore) == {}
+    ns = flow.namespace
+    assert flow.hcore.list_namespaced_pod(ns).items == []
+    assert [
+        s.metadata.name for s in flow.hcore.list_namespaced_secret(ns).items if "bootstrap" in s.metadata.name
+    ] == []
+    # Each node removed the cgroups its Pods had in the host's hierarchy on its way out.
+    left = [str(h) for h in Path("/sys/fs/cgroup").iterdir() if (h / "rhizeption-hn" / ns).exists()]
+    assert left == []
