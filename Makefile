@@ -13,7 +13,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
 export PYTHONPATH := $(CURDIR)/hack
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: help bootstrap lab lab-down test lint sanity unit integration bench build docs clean
+.PHONY: help bootstrap lab lab-down test lint sanity unit integration molecule bench build docs clean
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -30,7 +30,7 @@ lab: bootstrap
 lab-down:
 	hack/lab down
 
-## test         lint, sanity, unit and integration tests
+## test         lint, sanity, unit and integration tests (molecule joins once its verify is green)
 test: bootstrap
 	$(MAKE) --no-print-directory lint sanity unit integration
 	@echo "make test: lint, sanity, unit and integration passed"
@@ -52,6 +52,11 @@ unit:
 ## integration  integration tests against the real rig
 integration:
 	$(PYTEST) tests/integration
+
+## molecule     molecule scenarios (create, converge, idempotence, verify, destroy)
+MOLECULE_SCENARIOS := host_cluster
+molecule:
+	for s in $(MOLECULE_SCENARIOS); do molecule test --scenario-name "$$s"; done
 
 ## bench        benchmarks: JSON in results/bench/, a table on stdout
 bench: bootstrap

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import sys
 
-from . import common, inventory, rig_start, service_proxy
+from . import (
+    common,
+    host_cluster,
+    hosted_node,
+    inventory,
+    pet_agent,
+    rig_start,
+    service_proxy,
+    tenant_control_plane,
+)
 
-BENCHMARKS = {"rig_start": rig_start, "inventory": inventory, "service_proxy": service_proxy}
+BENCHMARKS = {
+    "rig_start": rig_start,
+    "inventory": inventory,
+    "service_proxy": service_proxy,
+    "tenant_control_plane": tenant_control_plane,
+    "hosted_node": hosted_node,
+    "pet_agent": pet_agent,
+    "host_cluster": host_cluster,
+}
 
 
 def main(names: list[str]) -> int:
