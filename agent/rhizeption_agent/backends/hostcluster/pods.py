@@ -191,7 +191,7 @@ def refusals(pod: Obj, settings: HostSettings) -> list[Refusal]:
     for name in sorted(spec):
         if name in REFUSED_FIELDS and spec[name]:
             found.append(Refusal(f"spec.{name}", REFUSED_FIELDS[name], REASON_UNSUPPORTED))
-        elif name not in known and name not in REFUSED_FIELDS and spec[name] not in (None, [], {}, ""):
+        elif name not in known and name not in REFUSED_FIELDS and spec[name] not in (None, False, [], {}, ""):
             found.append(Refusal(f"spec.{name}", "not translated to the host cluster", REASON_UNSUPPORTED))
     for i, vol in enumerate(spec.get("volumes") or []):
         for kind in vol:
