@@ -1,0 +1,150 @@
+# Copyright: rhizeption.core contributors
+# Apache License 2.0 (see LICENSE or https://www.apache.org/licenses/LICENSE-2.0)
+"""Host-backed virtual nodes, the host cluster's side: what the deployer (the tenant control
+plane role, when ``promoteResources`` is set) makes in the host for a tenant's virtual-node
+agent. The agent itself (agent/rhizeption_agent/backends/hostcluster) translates the Pods;
+this module holds what both sides must agree on and the deployer applies:
+
+- the host namespace of the tenant's Pods, one per tenant: its Pod Security level is the
+  host admin's choice (default ``baseline``) whatever the control plane's namespace runs
+  (hosted-node Pods are privileged), and the agent's rights on Secrets there never reach
+  the control plane's PKI;
+- the agent's Role in that namespace: k3v's list (pods, services, endpoints, configmaps,
+  secrets, persistentvolumeclaims) and what logs, exec, port-forward and status need;
+- for mirror nodes only, a ClusterRole that reads the promoted host Nodes, by name.
+
+Pure functions; docs/virtual-nodes.md says how the pieces fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, List, Sequence
+
+Obj = Dict[str, Any]
+
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+DEFAULT_POD_SECURITY = "baseline"
+AGENT_NAME = "rhizeption-virtual-node-agent"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "rhizeption.core"}
+MAX_NAMESPACE = 63
+_CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
+
+# Each rule says why it is there; nothing else is granted.
+AGENT_ROLE_RULES: List[Obj] = [
+    # The tenant's Pods as host Pods: create, follow (status comes with get/watch), delete.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": list(_CRUD)},
+    # kubectl logs, exec and port-forward through the tenant API server reach the agent's
+    # :10250, which forwards to the host. A WebSocket upgrade asks get, SPDY asks create.
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods/exec", "pods/portforward"], "verbs": ["get", "create"]},
+    # Copies of the ConfigMaps and Secrets the Pods reference (and the Pods' token Secrets),
+    # the Services synced for the tenant's Services, the Endpoints of selector-less ones, and
+    # claims (k3v's list; the claim sync is not built yet).
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps", "secrets", "services", "endpoints", "persistentvolumeclaims"],
+        "verbs": list(_CRUD),
+    },
+    # Why a host Pod does not start (FailedScheduling, FailedMount, image pulls), copied to
+    # the tenant Pod's events; read only.
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def check_pod_security(level: str) -> str:
+    if level not in POD_SECURITY_LEVELS:
+        raise ValueError(f"pod security level {level!r} is not one of {', '.join(POD_SECURITY_LEVELS)}")
+    return level
+
+
+def pods_namespace(tenant_namespace: str, tenant: str) -> str:
+    """The host namespace of tenant TENANT's Pods (TENANT_NAMESPACE: where its control plane
+    runs): TENANT_NAMESPACE-TENANT-pods, shortened with a hash past 63 characters."""
+    name = f"{tenant_namespace}-{tenant}-pods"
+    if len(name) <= MAX_NAMESPACE:
+        return name
+    digest = hashlib.sha256(f"{tenant_namespace}\0{tenant}".encode()).hexdigest()[:10]
+    return f"{name[: MAX_NAMESPACE - len(digest) - 6].rstrip('-')}-{digest}-pods"
+
+
+def pod_security_labels(level: str = DEFAULT_POD_SECURITY) -> Dict[str, str]:
+    """The namespace labels by which Pod Security admission enforces LEVEL (and warns and
+    audits at it, so a refused create says why in the agent's log as well)."""
+    check_pod_security(level)
+    return {
+        f"pod-security.kubernetes.io/{mode}{suffix}": value
+        for mode in ("enforce", "warn", "audit")
+        for suffix, value in (("", level), ("-version", "latest"))
+    }
+
+
+def pods_namespace_object(tenant_namespace: str, tenant: str, level: str = DEFAULT_POD_SECURITY) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": pods_namespace(tenant_namespace, tenant),
+            "labels": {**MANAGED_BY, "hn.rhizeption.io/tenant": tenant, **pod_security_labels(level)},
+        },
+    }
+
+
+def agent_role(namespace: str) -> Obj:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": AGENT_NAME, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "rules": [dict(rule, verbs=list(rule["verbs"])) for rule in AGENT_ROLE_RULES],
+    }
+
+
+def agent_role_binding(namespace: str, service_account: str, service_account_namespace: str) -> Obj:
+    """Binds the agent's Role in NAMESPACE to its service account (which lives beside the
+    control plane, in SERVICE_ACCOUNT_NAMESPACE)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": AGENT_NAME, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT_NAME},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": service_account, "namespace": service_account_namespace}
+        ],
+    }
+
+
+def host_node_reader(tenant_namespace: str, tenant: str, nodes: Sequence[str]) -> Obj | None:
+    """A ClusterRole reading only the promoted host NODES (a mirror's capacity, taints and
+    Ready); None without promoted nodes. Nodes are cluster-scoped, so no Role can grant
+    this; resourceNames keeps it to those Nodes (a list or watch must then select one by
+    metadata.name, which the agent does)."""
+    if not nodes:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": f"{AGENT_NAME}-{pods_namespace(tenant_namespace, tenant)}",
+            "labels": dict(MANAGED_BY),
+        },
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["nodes"],
+                "resourceNames": sorted(set(nodes)),
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+
+
+def allows(rules: Sequence[Obj], resource: str, verb: str, api_group: str = "") -> bool:
+    """Whether RULES grant VERB on RESOURCE (a subresource as pods/log), as RBAC reads them."""
+    for rule in rules:
+        if api_group not in rule.get("apiGroups", []) and "*" not in rule.get("apiGroups", []):
+            continue
+        if resource not in rule.get("resources", []) and "*" not in rule.get("resources", []):
+            continue
+        if verb in rule.get("verbs", []) or "*" in rule.get("verbs", []):
+            return True
+    return False
