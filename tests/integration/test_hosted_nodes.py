@@ -112,11 +112,15 @@ def rolled_out(tenant: ControlPlane) -> None:
 def run_client(tcore, node: str, hosts: list[str]) -> list[str]:
     """What a busybox Pod on NODE gets over HTTP from port 8080 of each host, in order. Debian's
     static busybox wget crashes (glibc's resolver in a static binary), so names are resolved
-    with nslookup and the request is sent with nc."""
+    with nslookup and the request is sent with nc. A name is asked again for up to 10 s: the
+    node's kube-proxy may not yet have the DNS Service's endpoints when the Pod starts."""
     name = f"client-{node}"
+    answer = "awk '/^Name:/ {n=1} n && /^Address/ {a=$NF} END {print a}'"  # not the server's Address
     script = (
         f"for t in {' '.join(hosts)}; do"
-        " case $t in *[a-z]*) a=$(nslookup $t | awk '/^Address/ {a=$NF} END {print a}');; *) a=$t;; esac;"
+        " case $t in *[a-z]*) for i in 1 2 3 4 5 6 7 8 9 10; do"
+        f' a=$(nslookup $t 2>/dev/null | {answer}); [ -n "$a" ] && break; sleep 1; done;;'
+        " *) a=$t;; esac;"
         " printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 $a 8080 | tail -n 1 | grep . || echo FAILED-$t;"
         " done"
     )

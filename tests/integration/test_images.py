@@ -61,7 +61,7 @@ def test_host_image_boots_systemd_plain_and_nested() -> None:
     assert "plain: systemd running" in result.stdout
     assert "nested: systemd running" in result.stdout
     leftover = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", "ancestor=localhost/rhizeption/host:bookworm"],
+        ["podman", "ps", "-aq", "--filter", "label=io.rhizeption.check-host-image=1"],
         capture_output=True,
         text=True,
         check=True,
