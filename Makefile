@@ -30,10 +30,10 @@ lab: bootstrap
 lab-down:
 	hack/lab down
 
-## test         lint, sanity, unit and integration tests (molecule joins once its verify is green)
+## test         lint, sanity, unit, integration tests and molecule scenarios
 test: bootstrap
-	$(MAKE) --no-print-directory lint sanity unit integration
-	@echo "make test: lint, sanity, unit and integration passed"
+	$(MAKE) --no-print-directory lint sanity unit integration molecule
+	@echo "make test: lint, sanity, unit, integration and molecule passed"
 
 ## lint         ruff and ansible-lint (production profile)
 lint:

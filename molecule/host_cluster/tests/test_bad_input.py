@@ -2,9 +2,7 @@
 names the host (or artifact) and the fix, and changes nothing on any host.
 
 Runs playbooks/host_cluster.yml against the scenario's hosts (molecule's inventory) plus
-an extra worker without systemd (this controller, whose PID 1 is not systemd).
-An unreachable worker is not covered: any_errors_fatal stops the play with Ansible's own
-UNREACHABLE message before the role's preflight message (docs/host-clusters.md).
+an extra worker without systemd (this controller, whose PID 1 is not systemd), or a worker nothing answers on (ssh to a closed port of this machine).
 """
 
 from __future__ import annotations
@@ -38,6 +36,18 @@ def test_no_systemd_and_overlapping_networks(tmp_path):
     assert "host_cluster_pod_cidr 10.96.0.0/12 and host_cluster_service_cidr 10.96.0.0/16 overlap" in out
     assert "hc-cp:" not in " ".join(messages) and "hc-w1:" not in " ".join(messages)
     assert "Install the Debian packages" not in out
+    nothing_changed(out)
+
+
+def test_an_unreachable_worker(tmp_path):
+    gone = {"ansible_host": "127.0.0.1", "ansible_port": 1, "ansible_connection": "ssh"}
+    rc, out = converge(tmp_path, {}, {"host_cluster_workers": {"hosts": {"hc-gone": gone}}})
+    assert rc != 0
+    messages = re.findall(r"Action failed: (host_cluster preflight:.*?) Origin:", out)
+    assert len(messages) == 1, out
+    assert "hc-gone: unreachable (" in messages[0]
+    assert "make it reachable or take it out of the groups" in messages[0]
+    assert "hc-cp:" not in messages[0] and "hc-w1:" not in messages[0]
     nothing_changed(out)
 
 
