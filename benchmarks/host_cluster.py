@@ -59,13 +59,20 @@ def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
     seen: dict[str, float] = {}
     done = threading.Event()
 
-    def observe(kind: str, lister, ready) -> None:
-        for event in watch.Watch().stream(lister, ns, timeout_seconds=300):
-            obj = event["object"]
-            if obj.metadata.name not in seen and ready(obj):
-                seen[obj.metadata.name] = time.monotonic()
-            if len(seen) == len(created) == PODS * 2 or done.is_set():
-                return
+    def observe(kind: str, lister, ready, version: str) -> None:
+        # A watch the server ends early is resumed from the last resourceVersion it gave, so no
+        # event is missed (a dropped watch once left a running Pod unseen).
+        while not done.is_set():
+            for event in watch.Watch().stream(lister, ns, resource_version=version, timeout_seconds=60):
+                obj = event["object"]
+                version = obj.metadata.resource_version
+                if obj.metadata.name not in seen and ready(obj):
+                    seen[obj.metadata.name] = time.monotonic()
+                if len(seen) == len(created) == PODS * 2 or done.is_set():
+                    return
+
+    def listed(lister) -> str:
+        return lister(ns).metadata.resource_version
 
     def running(pod) -> bool:
         statuses = pod.status.container_statuses or []
@@ -74,13 +81,24 @@ def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
     try:
         observers = [
             threading.Thread(
-                target=observe, args=("cm", api.list_namespaced_config_map, lambda o: True), daemon=True
+                target=observe,
+                args=(
+                    "cm",
+                    api.list_namespaced_config_map,
+                    lambda o: True,
+                    listed(api.list_namespaced_config_map),
+                ),
+                daemon=True,
             ),
-            threading.Thread(target=observe, args=("pod", api.list_namespaced_pod, running), daemon=True),
+            threading.Thread(
+                target=observe,
+                args=("pod", api.list_namespaced_pod, running, listed(api.list_namespaced_pod)),
+                daemon=True,
+            ),
         ]
         for t in observers:
             t.start()
-        time.sleep(1)  # both watches established
+        time.sleep(1)  # both watches connected: an event replayed late would read as latency
         for i in range(PODS):
             name = f"cm-{i}"
             created[name] = time.monotonic()
@@ -111,7 +129,12 @@ def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
         done.set()
         missing = sorted(set(created) - set(seen))
         if missing:
-            raise RuntimeError(f"not running after 300 s: {', '.join(missing)}")
+            states = {
+                n: [c.state.to_dict() for c in api.read_namespaced_pod(n, ns).status.container_statuses or []]
+                for n in missing
+                if n.startswith("pod")
+            }
+            raise RuntimeError(f"not running after 300 s: {', '.join(missing)}: {states}")
     finally:
         done.set()
         api.delete_namespace(ns)

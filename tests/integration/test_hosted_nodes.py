@@ -241,7 +241,8 @@ def web_deployment(replicas: int) -> dict:
                             "command": [
                                 "sh",
                                 "-c",
-                                "hostname > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                                "hostname > /tmp/index.html; echo serving $(hostname);"
+                                " exec httpd -f -p 8080 -h /tmp",
                             ],
                             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
                         }
@@ -297,6 +298,13 @@ def test_tenant_pods_spread_over_the_nodes_and_exec_reaches_them(flow: Flow) -> 
         check=False,
     )
     assert out.returncode == 0 and out.stdout.strip() == some, out.stderr
+    logs = subprocess.run(
+        [*kubectl(flow.tenant.kubeconfig), "-n", "web", "logs", some],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert logs.returncode == 0 and logs.stdout.strip() == f"serving {some}", logs.stderr
 
 
 def test_dns_services_and_pod_traffic_work_across_nodes(flow: Flow) -> None:
@@ -326,16 +334,46 @@ def test_the_inventory_reaches_every_node_with_the_kubectl_connection(flow: Flow
     assert ping.returncode == 0 and ping.stdout.count("SUCCESS") == 2, ping.stdout + ping.stderr
 
 
-def test_scale_down_drains_and_delete_leaves_nothing(flow: Flow) -> None:
-    spec = cluster_spec(flow.host_cluster, flow.tenant, 1)
-    down = flow.hncluster(spec=spec)
+def test_a_deleted_node_pod_comes_back_as_the_same_node(flow: Flow) -> None:
+    """The host loses a node's Pod; the next run (there is no controller: AWX schedules or the
+    user runs it) makes it again, and the node rejoins under its name with its Pods."""
+    ns = flow.namespace
+    old_uid = flow.hcore.read_namespaced_pod("blue-1", ns).metadata.uid
+    flow.hcore.delete_namespaced_pod("blue-1", ns)
+    for event in kubernetes.watch.Watch().stream(
+        flow.hcore.list_namespaced_pod, ns, field_selector="metadata.name=blue-1", timeout_seconds=120
+    ):
+        if event["type"] == "DELETED":
+            break
+    again = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 2))
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is True
+    assert flow.hcore.read_namespaced_pod("blue-1", ns).metadata.uid != old_uid
+    nodes = tenant_nodes(flow.tcore)
+    assert set(nodes) == {"blue-0", "blue-1"} and all(ready(n) for n in nodes.values())
+    rolled_out(flow.tenant)
+    web = flow.tcore.list_namespaced_pod("web", label_selector="app=web").items
+    assert {p.spec.node_name for p in web} == {"blue-0", "blue-1"}
+
+
+def test_scale_up_to_three_then_down_to_one_drains(flow: Flow) -> None:
+    up = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 3))
+    assert not up.get("failed"), up.get("msg")
+    assert up["created"] == ["blue-2"]
+    nodes = tenant_nodes(flow.tcore)
+    assert set(nodes) == {"blue-0", "blue-1", "blue-2"} and all(ready(n) for n in nodes.values())
+
+    down = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 1))
     assert not down.get("failed"), down.get("msg")
-    assert down["deleted"] == ["blue-1"]
+    assert sorted(down["deleted"]) == ["blue-1", "blue-2"]
     assert set(tenant_nodes(flow.tcore)) == {"blue-0"}
     rolled_out(flow.tenant)
     web = flow.tcore.list_namespaced_pod("web", label_selector="app=web").items
     assert {p.spec.node_name for p in web} == {"blue-0"}
+    assert len(web) == 4
 
+
+def test_deleting_the_hncluster_leaves_nothing_in_host_or_tenant(flow: Flow) -> None:
     gone = flow.hncluster(state="absent")
     assert not gone.get("failed"), gone.get("msg")
     assert tenant_nodes(flow.tcore) == {}
