@@ -25,12 +25,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import spdy
 from .kubeapi import Kube, KubeError
-from .provider import LogRequest, Provider, ProviderError
+from .provider import STDERR, ExecSession, LogRequest, Provider, ProviderError
 
 LOG = logging.getLogger("rhizeption_agent.server")
 Obj = dict[str, Any]
 CACHE_SECONDS = 60.0
-EXEC_TIMEOUT = 3600.0
 # What the API server may ask for on a streaming upgrade; v4 carries the exit code.
 STREAM_PROTOCOLS = (
     "v4.channel.k8s.io",
@@ -39,6 +38,7 @@ STREAM_PROTOCOLS = (
     "channel.k8s.io",
     "portforward.k8s.io",
 )
+RESIZE_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io")  # those with a resize stream
 
 
 class Unauthorized(Exception):
@@ -280,8 +280,9 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 self.close_connection = True
 
-        def _upgrade(self) -> spdy.Session | None:
-            """Switch this connection to SPDY/3.1 with a stream protocol both sides know."""
+        def _upgrade(self) -> tuple[spdy.Session, str] | None:
+            """Switch this connection to SPDY/3.1 with a stream protocol both sides know;
+            the session and that protocol ("" when the client offered none)."""
             if "spdy/3.1" not in (self.headers.get("Upgrade") or "").lower():
                 self._error(400, "this endpoint needs a SPDY/3.1 upgrade")
                 return None
@@ -302,7 +303,7 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.flush()
             self.close_connection = True
-            return spdy.Session(self.connection, lambda _stream: None)
+            return spdy.Session(self.connection, lambda _stream: None), chosen or ""
 
         def _exec(self, namespace: str, name: str, container: str, query: dict[str, list[str]]) -> None:
             pod = server.find_pod(namespace, name)
@@ -316,15 +317,15 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             flag = {
                 k: (query.get(k) or ["0"])[-1] in ("1", "true") for k in ("stdin", "stdout", "stderr", "tty")
             }
-            if flag["stdin"] or flag["tty"]:
-                self._error(
-                    400, "interactive exec (stdin, tty) is not supported by the rhizeption node agent yet"
-                )
+            # A terminal carries stdout and stderr as one: the kubelet drops stderr with a tty.
+            flag["stderr"] = flag["stderr"] and not flag["tty"]
+            upgraded = self._upgrade()
+            if upgraded is None:
                 return
-            session = self._upgrade()
-            if session is None:
-                return
-            wanted = {"error"} | {k for k in ("stdout", "stderr") if flag[k]}
+            session, protocol = upgraded
+            wanted = {"error"} | {k for k in ("stdin", "stdout", "stderr") if flag[k]}
+            if flag["tty"] and protocol in RESIZE_PROTOCOLS:
+                wanted.add("resize")
             streams: dict[str, spdy.Stream] = {}
             ready = threading.Event()
 
@@ -340,24 +341,21 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
                 session.goaway()
                 return
             try:
-                result = server.provider.exec(pod, container, command, timeout=EXEC_TIMEOUT)
-                status: Obj = {"metadata": {}, "status": "Success"}
-                if result.exit_code != 0:
-                    status = {
-                        "metadata": {},
-                        "status": "Failure",
-                        "message": f"command terminated with non-zero exit code {result.exit_code}",
-                        "reason": "NonZeroExitCode",
-                        "details": {"causes": [{"reason": "ExitCode", "message": str(result.exit_code)}]},
-                    }
-                if "stdout" in streams:
-                    session.write(streams["stdout"], result.output)
+                proc = server.provider.exec(pod, container, command, stdin=flag["stdin"], tty=flag["tty"])
             except ProviderError as e:
-                status = {"metadata": {}, "status": "Failure", "message": str(e), "reason": "InternalError"}
-            for kind in ("stdout", "stderr"):
-                if kind in streams:
-                    session.close(streams[kind])
-            session.write(streams["error"], json.dumps(status).encode(), fin=True)
+                status: Obj = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": str(e),
+                    "reason": "InternalError",
+                }
+            else:
+                status = run_exec(session, streams, proc)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                for kind in ("stdout", "stderr"):
+                    if kind in streams:
+                        session.close(streams[kind])
+                session.write(streams["error"], json.dumps(status).encode(), fin=True)
             reader.join(5)
             session.goaway()
 
@@ -366,9 +364,10 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if pod is None:
                 self._error(404, f'pod "{name}" not found on node {server.node_name}')
                 return
-            session = self._upgrade()
-            if session is None:
+            upgraded = self._upgrade()
+            if upgraded is None:
                 return
+            session = upgraded[0]
             pairs: dict[str, dict[str, spdy.Stream]] = {}
 
             def on_stream(stream: spdy.Stream) -> None:
@@ -442,6 +441,78 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             )
 
     return Handler
+
+
+def exit_status(code: int) -> Obj:
+    """The error stream's Status for a command that ended with CODE (v4.channel.k8s.io)."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def terminal_sizes(text: str) -> tuple[list[tuple[int, int]], str]:
+    """The (width, height) of each whole ``{"Width":W,"Height":H}`` in TEXT, what the
+    resize stream carries, and the unfinished rest to wait for more with."""
+    sizes = []
+    decoder = json.JSONDecoder()
+    while text := text.lstrip():
+        try:
+            obj, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            # Unfinished (more to come), unless it cannot be: then it is dropped.
+            return sizes, text if len(text) < 4096 else ""
+        text = text[end:]
+        if isinstance(obj, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                sizes.append((int(obj.get("Width") or 0), int(obj.get("Height") or 0)))
+    return sizes, ""
+
+
+def run_exec(session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecSession) -> Obj:
+    """Pump PROC between its SPDY streams: stdin and resize in threads of their own, output
+    here as it comes, until the command ends; the error stream's Status."""
+
+    def stdin(stream: spdy.Stream) -> None:
+        try:
+            while (chunk := stream.data.get()) is not None:
+                proc.write(chunk)
+        except OSError:
+            return  # the command is gone
+        proc.close_stdin()  # the client's FIN: the command reads EOF
+
+    def resize(stream: spdy.Stream) -> None:
+        pending = ""
+        while (chunk := stream.data.get()) is not None:
+            sizes, pending = terminal_sizes(pending + chunk.decode(errors="replace"))
+            for width, height in sizes:
+                proc.resize(width, height)
+
+    def client_gone() -> None:
+        # The connection closed under a command that writes nothing: unblock its read.
+        session.done.wait()
+        proc.close()
+
+    threading.Thread(target=client_gone, name="exec-watch", daemon=True).start()
+    for kind, pump in (("stdin", stdin), ("resize", resize)):
+        if kind in streams:
+            threading.Thread(target=pump, args=(streams[kind],), name=f"exec-{kind}", daemon=True).start()
+    try:
+        while (out := proc.read()) is not None:
+            target = streams.get("stderr" if out[0] == STDERR else "stdout")
+            if target is not None:
+                session.write(target, out[1])
+        return exit_status(proc.exit_code())
+    except Exception as e:  # Podman failed or the client left: either way the session ends
+        LOG.debug("exec: %s", e)
+        return {"metadata": {}, "status": "Failure", "message": f"exec: {e}", "reason": "InternalError"}
+    finally:
+        proc.close()
 
 
 def _chain(first: bytes, rest: Any) -> Any:
