@@ -101,9 +101,18 @@ class Provider(Protocol):
 
     def logs(self, pod: Obj, request: LogRequest) -> Iterator[bytes]: ...
 
-    def exec(self, pod: Obj, container: str, command: list[str], *, stdin: bool, tty: bool) -> ExecSession:
+    def exec(
+        self,
+        pod: Obj,
+        container: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+    ) -> ExecSession:
         """Start COMMAND in the Pod's CONTAINER with stdin attached if asked and a terminal
-        if TTY; the caller pumps the session and closes it."""
+        if TTY, of SIZE (width, height) when known; the caller pumps the session and closes it."""
 
     def connect(self, pod: Obj, port: int) -> socket.socket:
         """A TCP connection to PORT in the Pod's network (port-forward)."""

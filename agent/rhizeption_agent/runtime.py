@@ -156,10 +156,18 @@ class ContainerRuntime(Protocol):
     def remove(self, container_id: str) -> None: ...
 
     def exec_start(
-        self, container_id: str, command: list[str], *, stdin: bool, tty: bool, timeout: float | None = None
+        self,
+        container_id: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+        timeout: float | None = None,
     ) -> ExecSession:
-        """COMMAND started in the container, its output streamed; with TIMEOUT, a ``read``
-        later than that many seconds after the start raises TimeoutError."""
+        """COMMAND started in the container, its output streamed, its terminal (with TTY)
+        of SIZE (width, height); with TIMEOUT, a ``read`` later than that many seconds
+        after the start raises TimeoutError."""
 
     def logs(
         self, container_id: str, *, follow: bool, tail: int | None, timestamps: bool, since: int | None
@@ -1001,12 +1009,21 @@ class RuntimeProvider:
             since=since,
         )
 
-    def exec(self, pod: Obj, container: str, command: list[str], *, stdin: bool, tty: bool) -> ExecSession:
+    def exec(
+        self,
+        pod: Obj,
+        container: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+    ) -> ExecSession:
         c = self._find(pod, container)
         if c.state != "running":
             raise ProviderError(f"container {container} is not running")
         try:
-            return self.runtime.exec_start(c.id, command, stdin=stdin, tty=tty)
+            return self.runtime.exec_start(c.id, command, stdin=stdin, tty=tty, size=size)
         except RuntimeError_ as e:
             raise ProviderError(str(e)) from e
 

@@ -1,5 +1,5 @@
 """The node's API on port 10250 (the kubelet's port): what the API server proxies to for
-``kubectl logs`` and the stats the metrics pipeline reads.
+``kubectl logs``, ``exec`` and ``port-forward``, and the stats the metrics pipeline reads.
 
 TLS always. A client is authenticated by a certificate from the cluster CA (the API
 server's kubelet client certificate) or by a bearer token checked with a TokenReview, and
@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -38,6 +39,7 @@ STREAM_PROTOCOLS = (
     "channel.k8s.io",
     "portforward.k8s.io",
 )
+EXEC_PARAMS = {"stdin": "input", "stdout": "output", "stderr": "error", "tty": "tty"}
 RESIZE_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io")  # those with a resize stream
 
 
@@ -240,6 +242,15 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
                 self._exec(parts[1], parts[2], parts[-1], parse_qs(url.query))
             elif parts[:1] == ["portForward"] and len(parts) in (3, 4):
                 self._port_forward(parts[1], parts[2])
+            elif parts[:1] == ["attach"]:
+                # Podman closes a container's stdin when an attach ends, as if every
+                # container had stdinOnce: a later attach could not write to it. Refused
+                # rather than half right.
+                self._error(
+                    400,
+                    "attach is not supported by the rhizeption node agent: use kubectl logs -f"
+                    " for a container's output, kubectl exec -it for a shell",
+                )
             elif parts == ["pods"]:
                 self._json({"kind": "PodList", "apiVersion": "v1", "items": list(server.pods.values())})
             else:
@@ -314,8 +325,10 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if not command:
                 self._error(400, "exec needs a command")
                 return
+            # The API server's names for the streams wanted: input, output, error (stderr), tty.
             flag = {
-                k: (query.get(k) or ["0"])[-1] in ("1", "true") for k in ("stdin", "stdout", "stderr", "tty")
+                stream: (query.get(param) or ["0"])[-1] in ("1", "true")
+                for stream, param in EXEC_PARAMS.items()
             }
             # A terminal carries stdout and stderr as one: the kubelet drops stderr with a tty.
             flag["stderr"] = flag["stderr"] and not flag["tty"]
@@ -340,8 +353,11 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if not ready.wait(15):
                 session.goaway()
                 return
+            size, pending = initial_size(streams["resize"], 2.0) if "resize" in streams else (None, "")
             try:
-                proc = server.provider.exec(pod, container, command, stdin=flag["stdin"], tty=flag["tty"])
+                proc = server.provider.exec(
+                    pod, container, command, stdin=flag["stdin"], tty=flag["tty"], size=size
+                )
             except ProviderError as e:
                 status: Obj = {
                     "metadata": {},
@@ -350,7 +366,7 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
                     "reason": "InternalError",
                 }
             else:
-                status = run_exec(session, streams, proc)
+                status = run_exec(session, streams, proc, pending)
             with contextlib.suppress(OSError, ssl.SSLError):
                 for kind in ("stdout", "stderr"):
                     if kind in streams:
@@ -474,9 +490,31 @@ def terminal_sizes(text: str) -> tuple[list[tuple[int, int]], str]:
     return sizes, ""
 
 
-def run_exec(session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecSession) -> Obj:
-    """Pump PROC between its SPDY streams: stdin and resize in threads of their own, output
-    here as it comes, until the command ends; the error stream's Status."""
+def initial_size(stream: spdy.Stream, wait: float) -> tuple[tuple[int, int] | None, str]:
+    """The terminal size the client sends first on STREAM (kubectl does at once), waited
+    for at most WAIT seconds, so the command starts at that size; and what came after it."""
+    pending = ""
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            chunk = stream.data.get(timeout=left)
+        except queue.Empty:
+            break
+        if chunk is None:
+            stream.data.put(None)  # the resize pump ends on it
+            break
+        sizes, pending = terminal_sizes(pending + chunk.decode(errors="replace"))
+        if sizes:
+            return sizes[-1], pending
+    return None, pending
+
+
+def run_exec(
+    session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecSession, pending: str = ""
+) -> Obj:
+    """Pump PROC between its SPDY streams: stdin and resize (PENDING: the start of a resize
+    message already read) in threads of their own, output here as it comes, until the
+    command ends; the error stream's Status."""
 
     def stdin(stream: spdy.Stream) -> None:
         try:
@@ -486,10 +524,9 @@ def run_exec(session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecS
             return  # the command is gone
         proc.close_stdin()  # the client's FIN: the command reads EOF
 
-    def resize(stream: spdy.Stream) -> None:
-        pending = ""
+    def resize(stream: spdy.Stream, rest: str = pending) -> None:
         while (chunk := stream.data.get()) is not None:
-            sizes, pending = terminal_sizes(pending + chunk.decode(errors="replace"))
+            sizes, rest = terminal_sizes(rest + chunk.decode(errors="replace"))
             for width, height in sizes:
                 proc.resize(width, height)
 
@@ -507,9 +544,11 @@ def run_exec(session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecS
             target = streams.get("stderr" if out[0] == STDERR else "stdout")
             if target is not None:
                 session.write(target, out[1])
+        if session.done.is_set():  # the client left; the command may well run on
+            return {"metadata": {}, "status": "Failure", "message": "the client went away"}
         return exit_status(proc.exit_code())
     except Exception as e:  # Podman failed or the client left: either way the session ends
-        LOG.debug("exec: %s", e)
+        LOG.debug("exec: %s", e, exc_info=True)
         return {"metadata": {}, "status": "Failure", "message": f"exec: {e}", "reason": "InternalError"}
     finally:
         proc.close()

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import podman
 from podman import errors as podman_errors
 
+from ..provider import STDERR, STDOUT
 from ..runtime import (
     ContainerSpec,
     ImageError,
@@ -295,7 +296,14 @@ class PodmanRuntime:
 
     # -- reaching a container ------------------------------------------------------
     def exec_start(
-        self, container_id: str, command: list[str], *, stdin: bool, tty: bool, timeout: float | None = None
+        self,
+        container_id: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+        timeout: float | None = None,
     ) -> PodmanExec:
         """Create an exec session and start it on a hijacked connection (see PodmanExec)."""
         deadline = time.monotonic() + timeout if timeout is not None else None
@@ -312,8 +320,11 @@ class PodmanRuntime:
             exec_id = resp.json()["Id"]
         except (podman_errors.APIError, OSError, ValueError, KeyError) as e:
             raise RuntimeError_(f"exec in {container_id[:12]}: {e}") from e
+        start: dict[str, Any] = {"Detach": False, "Tty": tty}
+        if tty and size:
+            start["w"], start["h"] = size  # the command starts at the client's terminal size
         path = f"{self.client.api.path_prefix}exec/{exec_id}/start"
-        sock, early = _hijack(self.base_url, path, {"Detach": False, "Tty": tty}, deadline)
+        sock, early = _hijack(self.base_url, path, start, deadline)
         return PodmanExec(self.client, exec_id, sock, early, tty=tty, deadline=deadline)
 
     def logs(
@@ -476,7 +487,7 @@ class PodmanExec:
     def read(self) -> tuple[int, bytes] | None:
         if self.tty:
             data, self._buf = self._buf or self._recv(), b""
-            return (1, data) if data else None
+            return (STDOUT, data) if data else None
         while True:
             header = self._exactly(8)
             if header is None:
@@ -486,7 +497,7 @@ class PodmanExec:
             if payload is None:
                 raise RuntimeError_(f"exec {self.id[:12]}: the stream ended inside a frame")
             if payload:  # stream 3 is Podman's own error text: shown as stderr
-                return (1 if header[0] == 1 else 2), payload
+                return (STDOUT if header[0] == 1 else STDERR), payload
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 from rhizeption_agent.backends.podman import PodmanExec
-from rhizeption_agent.server import exit_status, terminal_sizes
+from rhizeption_agent.server import exit_status, initial_size, terminal_sizes
+from rhizeption_agent.spdy import Stream
 
 
 def test_terminal_sizes_takes_whole_messages_and_keeps_the_rest():
@@ -23,6 +24,17 @@ def test_terminal_sizes_takes_whole_messages_and_keeps_the_rest():
 
 def test_terminal_sizes_drops_what_can_never_parse():
     assert terminal_sizes("x" * 5000) == ([], "")
+
+
+def test_the_first_size_is_taken_before_the_command_starts():
+    stream = Stream(1, {"streamtype": "resize"})
+    for chunk in (b'{"Width":101,', b'"Height":33}\n{"Wid'):
+        stream.data.put(chunk)
+    assert initial_size(stream, 5) == ((101, 33), '{"Wid')
+    assert initial_size(stream, 0.05) == (None, ""), "a client that sends no size is not waited for long"
+    stream.data.put(None)
+    assert initial_size(stream, 5) == (None, "")
+    assert stream.data.get_nowait() is None, "the end of the stream is left for the resize pump"
 
 
 def test_exit_status_carries_the_exit_code():

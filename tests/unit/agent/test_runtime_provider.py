@@ -73,7 +73,7 @@ class FakeRuntime:
         for p in self.pods.values():
             p.containers = [c for c in p.containers if c.id != cid]
 
-    def exec_start(self, cid, command, *, stdin, tty, timeout=None):
+    def exec_start(self, cid, command, *, stdin, tty, size=None, timeout=None):
         return FakeExec([(1, b"out\n"), (2, b"err\n")], exit_code=0)
 
     def logs(self, cid, **kwargs):
