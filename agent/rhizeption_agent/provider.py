@@ -40,10 +40,33 @@ class LogRequest:
     since_seconds: int | None = None
 
 
-@dataclass
-class ExecResult:
-    exit_code: int
-    output: bytes = b""
+STDOUT, STDERR = 1, 2
+
+
+class ExecSession(Protocol):
+    """A command running in a container with its streams attached (``kubectl exec``).
+
+    ``read`` is called by one thread while others ``write``, ``close_stdin`` and ``resize``:
+    an interactive session pumps both ways at once."""
+
+    def read(self) -> tuple[int, bytes] | None:
+        """The next output as the command writes it: (STDOUT or STDERR, bytes; all of it is
+        STDOUT with a terminal); None once the command's output has ended."""
+
+    def write(self, data: bytes) -> None:
+        """To the command's stdin."""
+
+    def close_stdin(self) -> None:
+        """End of input: the command reads EOF."""
+
+    def resize(self, width: int, height: int) -> None:
+        """The terminal's new size (sessions with a terminal)."""
+
+    def exit_code(self) -> int:
+        """The command's exit code, once ``read`` has returned None."""
+
+    def close(self) -> None:
+        """Drop the connection (also from another thread: a blocked ``read`` returns)."""
 
 
 @dataclass
@@ -78,7 +101,18 @@ class Provider(Protocol):
 
     def logs(self, pod: Obj, request: LogRequest) -> Iterator[bytes]: ...
 
-    def exec(self, pod: Obj, container: str, command: list[str], timeout: float) -> ExecResult: ...
+    def exec(
+        self,
+        pod: Obj,
+        container: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+    ) -> ExecSession:
+        """Start COMMAND in the Pod's CONTAINER with stdin attached if asked and a terminal
+        if TTY, of SIZE (width, height) when known; the caller pumps the session and closes it."""
 
     def connect(self, pod: Obj, port: int) -> socket.socket:
         """A TCP connection to PORT in the Pod's network (port-forward)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import podspec, probes
-from .provider import EventSink, ExecResult, LogRequest, NodeFacts, PodView, ProviderError
+from .provider import EventSink, ExecSession, LogRequest, NodeFacts, PodView, ProviderError
 from .volumes import PodVolumes, VolumeError, Volumes
 
 LOG = logging.getLogger("rhizeption_agent.runtime")
@@ -155,7 +155,19 @@ class ContainerRuntime(Protocol):
 
     def remove(self, container_id: str) -> None: ...
 
-    def exec(self, container_id: str, command: list[str], timeout: float) -> tuple[int, bytes]: ...
+    def exec_start(
+        self,
+        container_id: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> ExecSession:
+        """COMMAND started in the container, its output streamed, its terminal (with TTY)
+        of SIZE (width, height); with TIMEOUT, a ``read`` later than that many seconds
+        after the start raises TimeoutError."""
 
     def logs(
         self, container_id: str, *, follow: bool, tail: int | None, timestamps: bool, since: int | None
@@ -213,6 +225,28 @@ def _pull_policy(ctr: Obj) -> str:
     image = ctr["image"].split("@")[0]
     tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
     return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
+def run_to_end(
+    runtime: ContainerRuntime, container_id: str, command: list[str], timeout: float
+) -> tuple[int, bytes]:
+    """(exit code, stdout and stderr) of COMMAND (exec probes): the same streaming exec as
+    ``kubectl exec``; a command that fails to start or outlives TIMEOUT gives -1."""
+    try:
+        session = runtime.exec_start(container_id, command, stdin=False, tty=False, timeout=timeout)
+    except RuntimeError_ as e:
+        return -1, str(e).encode()
+    out = b""
+    try:
+        while (chunk := session.read()) is not None:
+            out += chunk[1]
+        return session.exit_code(), out
+    except TimeoutError:
+        return -1, out + f"command timed out after {timeout:g}s".encode()
+    except (RuntimeError_, OSError) as e:
+        return -1, out + str(e).encode()
+    finally:
+        session.close()
 
 
 def pod_phase(policy: str, statuses: list[Obj], *, init_done: bool, init_failed: bool) -> str:
@@ -538,7 +572,7 @@ class RuntimeProvider:
                 continue
             st.due[kind] = now + float(probe.get("periodSeconds") or 10)
             ok, message = probes.run(
-                probe, ctr, run.ip, lambda cmd, timeout, cid=c.id: self.runtime.exec(cid, cmd, timeout)
+                probe, ctr, run.ip, lambda cmd, timeout, cid=c.id: run_to_end(self.runtime, cid, cmd, timeout)
             )
             label = {"startupProbe": "Startup", "livenessProbe": "Liveness", "readinessProbe": "Readiness"}[
                 kind
@@ -975,12 +1009,23 @@ class RuntimeProvider:
             since=since,
         )
 
-    def exec(self, pod: Obj, container: str, command: list[str], timeout: float) -> ExecResult:
+    def exec(
+        self,
+        pod: Obj,
+        container: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+    ) -> ExecSession:
         c = self._find(pod, container)
         if c.state != "running":
             raise ProviderError(f"container {container} is not running")
-        code, out = self.runtime.exec(c.id, command, timeout)
-        return ExecResult(code, out)
+        try:
+            return self.runtime.exec_start(c.id, command, stdin=stdin, tty=tty, size=size)
+        except RuntimeError_ as e:
+            raise ProviderError(str(e)) from e
 
     def connect(self, pod: Obj, port: int) -> socket.socket:
         rtpod = self._pod(pod["metadata"]["uid"], fresh=True)

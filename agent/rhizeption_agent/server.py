@@ -1,5 +1,5 @@
 """The node's API on port 10250 (the kubelet's port): what the API server proxies to for
-``kubectl logs`` and the stats the metrics pipeline reads.
+``kubectl logs``, ``exec`` and ``port-forward``, and the stats the metrics pipeline reads.
 
 TLS always. A client is authenticated by a certificate from the cluster CA (the API
 server's kubelet client certificate) or by a bearer token checked with a TokenReview, and
@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -25,12 +26,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import spdy
 from .kubeapi import Kube, KubeError
-from .provider import LogRequest, Provider, ProviderError
+from .provider import STDERR, ExecSession, LogRequest, Provider, ProviderError
 
 LOG = logging.getLogger("rhizeption_agent.server")
 Obj = dict[str, Any]
 CACHE_SECONDS = 60.0
-EXEC_TIMEOUT = 3600.0
 # What the API server may ask for on a streaming upgrade; v4 carries the exit code.
 STREAM_PROTOCOLS = (
     "v4.channel.k8s.io",
@@ -39,6 +39,8 @@ STREAM_PROTOCOLS = (
     "channel.k8s.io",
     "portforward.k8s.io",
 )
+EXEC_PARAMS = {"stdin": "input", "stdout": "output", "stderr": "error", "tty": "tty"}
+RESIZE_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io")  # those with a resize stream
 
 
 class Unauthorized(Exception):
@@ -240,6 +242,15 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
                 self._exec(parts[1], parts[2], parts[-1], parse_qs(url.query))
             elif parts[:1] == ["portForward"] and len(parts) in (3, 4):
                 self._port_forward(parts[1], parts[2])
+            elif parts[:1] == ["attach"]:
+                # Podman closes a container's stdin when an attach ends, as if every
+                # container had stdinOnce: a later attach could not write to it. Refused
+                # rather than half right.
+                self._error(
+                    400,
+                    "attach is not supported by the rhizeption node agent: use kubectl logs -f"
+                    " for a container's output, kubectl exec -it for a shell",
+                )
             elif parts == ["pods"]:
                 self._json({"kind": "PodList", "apiVersion": "v1", "items": list(server.pods.values())})
             else:
@@ -280,8 +291,9 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 self.close_connection = True
 
-        def _upgrade(self) -> spdy.Session | None:
-            """Switch this connection to SPDY/3.1 with a stream protocol both sides know."""
+        def _upgrade(self) -> tuple[spdy.Session, str] | None:
+            """Switch this connection to SPDY/3.1 with a stream protocol both sides know;
+            the session and that protocol ("" when the client offered none)."""
             if "spdy/3.1" not in (self.headers.get("Upgrade") or "").lower():
                 self._error(400, "this endpoint needs a SPDY/3.1 upgrade")
                 return None
@@ -302,7 +314,7 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.flush()
             self.close_connection = True
-            return spdy.Session(self.connection, lambda _stream: None)
+            return spdy.Session(self.connection, lambda _stream: None), chosen or ""
 
         def _exec(self, namespace: str, name: str, container: str, query: dict[str, list[str]]) -> None:
             pod = server.find_pod(namespace, name)
@@ -313,18 +325,20 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if not command:
                 self._error(400, "exec needs a command")
                 return
+            # The API server's names for the streams wanted: input, output, error (stderr), tty.
             flag = {
-                k: (query.get(k) or ["0"])[-1] in ("1", "true") for k in ("stdin", "stdout", "stderr", "tty")
+                stream: (query.get(param) or ["0"])[-1] in ("1", "true")
+                for stream, param in EXEC_PARAMS.items()
             }
-            if flag["stdin"] or flag["tty"]:
-                self._error(
-                    400, "interactive exec (stdin, tty) is not supported by the rhizeption node agent yet"
-                )
+            # A terminal carries stdout and stderr as one: the kubelet drops stderr with a tty.
+            flag["stderr"] = flag["stderr"] and not flag["tty"]
+            upgraded = self._upgrade()
+            if upgraded is None:
                 return
-            session = self._upgrade()
-            if session is None:
-                return
-            wanted = {"error"} | {k for k in ("stdout", "stderr") if flag[k]}
+            session, protocol = upgraded
+            wanted = {"error"} | {k for k in ("stdin", "stdout", "stderr") if flag[k]}
+            if flag["tty"] and protocol in RESIZE_PROTOCOLS:
+                wanted.add("resize")
             streams: dict[str, spdy.Stream] = {}
             ready = threading.Event()
 
@@ -339,25 +353,25 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if not ready.wait(15):
                 session.goaway()
                 return
+            size, pending = initial_size(streams["resize"], 2.0) if "resize" in streams else (None, "")
             try:
-                result = server.provider.exec(pod, container, command, timeout=EXEC_TIMEOUT)
-                status: Obj = {"metadata": {}, "status": "Success"}
-                if result.exit_code != 0:
-                    status = {
-                        "metadata": {},
-                        "status": "Failure",
-                        "message": f"command terminated with non-zero exit code {result.exit_code}",
-                        "reason": "NonZeroExitCode",
-                        "details": {"causes": [{"reason": "ExitCode", "message": str(result.exit_code)}]},
-                    }
-                if "stdout" in streams:
-                    session.write(streams["stdout"], result.output)
+                proc = server.provider.exec(
+                    pod, container, command, stdin=flag["stdin"], tty=flag["tty"], size=size
+                )
             except ProviderError as e:
-                status = {"metadata": {}, "status": "Failure", "message": str(e), "reason": "InternalError"}
-            for kind in ("stdout", "stderr"):
-                if kind in streams:
-                    session.close(streams[kind])
-            session.write(streams["error"], json.dumps(status).encode(), fin=True)
+                status: Obj = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": str(e),
+                    "reason": "InternalError",
+                }
+            else:
+                status = run_exec(session, streams, proc, pending)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                for kind in ("stdout", "stderr"):
+                    if kind in streams:
+                        session.close(streams[kind])
+                session.write(streams["error"], json.dumps(status).encode(), fin=True)
             reader.join(5)
             session.goaway()
 
@@ -366,9 +380,10 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             if pod is None:
                 self._error(404, f'pod "{name}" not found on node {server.node_name}')
                 return
-            session = self._upgrade()
-            if session is None:
+            upgraded = self._upgrade()
+            if upgraded is None:
                 return
+            session = upgraded[0]
             pairs: dict[str, dict[str, spdy.Stream]] = {}
 
             def on_stream(stream: spdy.Stream) -> None:
@@ -442,6 +457,101 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             )
 
     return Handler
+
+
+def exit_status(code: int) -> Obj:
+    """The error stream's Status for a command that ended with CODE (v4.channel.k8s.io)."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def terminal_sizes(text: str) -> tuple[list[tuple[int, int]], str]:
+    """The (width, height) of each whole ``{"Width":W,"Height":H}`` in TEXT, what the
+    resize stream carries, and the unfinished rest to wait for more with."""
+    sizes = []
+    decoder = json.JSONDecoder()
+    while text := text.lstrip():
+        try:
+            obj, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            # Unfinished (more to come), unless it cannot be: then it is dropped.
+            return sizes, text if len(text) < 4096 else ""
+        text = text[end:]
+        if isinstance(obj, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                sizes.append((int(obj.get("Width") or 0), int(obj.get("Height") or 0)))
+    return sizes, ""
+
+
+def initial_size(stream: spdy.Stream, wait: float) -> tuple[tuple[int, int] | None, str]:
+    """The terminal size the client sends first on STREAM (kubectl does at once), waited
+    for at most WAIT seconds, so the command starts at that size; and what came after it."""
+    pending = ""
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            chunk = stream.data.get(timeout=left)
+        except queue.Empty:
+            break
+        if chunk is None:
+            stream.data.put(None)  # the resize pump ends on it
+            break
+        sizes, pending = terminal_sizes(pending + chunk.decode(errors="replace"))
+        if sizes:
+            return sizes[-1], pending
+    return None, pending
+
+
+def run_exec(
+    session: spdy.Session, streams: dict[str, spdy.Stream], proc: ExecSession, pending: str = ""
+) -> Obj:
+    """Pump PROC between its SPDY streams: stdin and resize (PENDING: the start of a resize
+    message already read) in threads of their own, output here as it comes, until the
+    command ends; the error stream's Status."""
+
+    def stdin(stream: spdy.Stream) -> None:
+        try:
+            while (chunk := stream.data.get()) is not None:
+                proc.write(chunk)
+        except OSError:
+            return  # the command is gone
+        proc.close_stdin()  # the client's FIN: the command reads EOF
+
+    def resize(stream: spdy.Stream, rest: str = pending) -> None:
+        while (chunk := stream.data.get()) is not None:
+            sizes, rest = terminal_sizes(rest + chunk.decode(errors="replace"))
+            for width, height in sizes:
+                proc.resize(width, height)
+
+    def client_gone() -> None:
+        # The connection closed under a command that writes nothing: unblock its read.
+        session.done.wait()
+        proc.close()
+
+    threading.Thread(target=client_gone, name="exec-watch", daemon=True).start()
+    for kind, pump in (("stdin", stdin), ("resize", resize)):
+        if kind in streams:
+            threading.Thread(target=pump, args=(streams[kind],), name=f"exec-{kind}", daemon=True).start()
+    try:
+        while (out := proc.read()) is not None:
+            target = streams.get("stderr" if out[0] == STDERR else "stdout")
+            if target is not None:
+                session.write(target, out[1])
+        if session.done.is_set():  # the client left; the command may well run on
+            return {"metadata": {}, "status": "Failure", "message": "the client went away"}
+        return exit_status(proc.exit_code())
+    except Exception as e:  # Podman failed or the client left: either way the session ends
+        LOG.debug("exec: %s", e, exc_info=True)
+        return {"metadata": {}, "status": "Failure", "message": f"exec: {e}", "reason": "InternalError"}
+    finally:
+        proc.close()
 
 
 def _chain(first: bytes, rest: Any) -> Any:

@@ -1,13 +1,23 @@
 """The pet node agent's port-10250 API through the rig's kube-apiserver: `kubectl logs`
-(with --previous and -f), `kubectl exec`, `kubectl port-forward` and stats/summary, and
-its authentication and authorization
-(TokenReview, SubjectAccessReview, client certificates from the cluster CA)."""
+(with --previous and -f), `kubectl exec` (with stdin, with a terminal, output as it
+comes), `kubectl port-forward` and stats/summary, and its authentication and
+authorization (TokenReview, SubjectAccessReview, client certificates from the cluster CA)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
+import re
+import select
+import signal
 import ssl
+import struct
 import subprocess
+import termios
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,11 +61,12 @@ def ns(namespace, core) -> str:
 
 @pytest.fixture
 def kubectl(control_plane):
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         done = subprocess.run(
             [str(toolchain.binary("kubectl")), f"--kubeconfig={control_plane.kubeconfig}", *args],
             capture_output=True,
             text=True,
+            input=input,
             timeout=60,
             check=False,
         )
@@ -267,3 +278,124 @@ def test_kubectl_exec_and_port_forward(agent, core, ns, kubectl, control_plane):
     finally:
         forward.terminate()
         forward.wait(10)
+
+
+def shell_pod(agent: AgentProcess, core: kubernetes.client.CoreV1Api, ns: str) -> str:
+    """A Running Pod with one container that idles: what the exec tests run commands in."""
+    ctr = {"name": "shell", "image": HOST_IMAGE, "command": ["sleep", "3600"]}
+    core.create_namespaced_pod(ns, pet_pod(agent, "shell", [ctr]))
+    wait_for(
+        "shell Running",
+        lambda: core.read_namespaced_pod("shell", ns).status.phase == "Running",
+        60,
+        agent=agent,
+    )
+    return "shell"
+
+
+def read_until(fd: int, buf: bytearray, needle: bytes | None, timeout: float = 60) -> bool:
+    """Read FD into BUF until NEEDLE is in it (True) or, with NEEDLE None, until the end
+    (True); False when TIMEOUT passes first. A pty's end reads as EIO."""
+    deadline = time.monotonic() + timeout
+    while needle is None or needle not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return False
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            chunk = b""
+        if not chunk:
+            return needle is None
+        buf += chunk
+    return True
+
+
+def test_kubectl_exec_with_stdin(agent, core, ns, kubectl):
+    pod = shell_pod(agent, core, ns)
+    script = "cat; echo oops >&2; exit 3"
+    done = kubectl("exec", "-i", "-n", ns, pod, "--", "sh", "-c", script, input="hello\n", check=False)
+    assert done.returncode == 3, (done.returncode, done.stderr, agent.log_tail())
+    assert done.stdout == "hello\n", "stdin reached the command, and its end too (cat returned)"
+    assert "oops" in done.stderr, "stderr comes on a stream of its own"
+
+
+def test_kubectl_exec_with_a_terminal(agent, core, ns, control_plane):
+    pod = shell_pod(agent, core, ns)
+    terminal, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    proc = subprocess.Popen(
+        [
+            str(toolchain.binary("kubectl")),
+            f"--kubeconfig={control_plane.kubeconfig}",
+            *("exec", "-it", "-n", ns, pod, "--", "sh"),
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)  # kubectl holds the only other end: its exit ends our reads
+    screen = bytearray()
+    try:
+        assert read_until(terminal, screen, b"# "), f"no shell prompt: {bytes(screen)!r}"
+        os.write(terminal, b"tty; stty size\r")
+        assert read_until(terminal, screen, b"33 101"), f"not the client's size: {bytes(screen)!r}"
+        # The window grows: kubectl sends the new size on the resize stream when told.
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        proc.send_signal(signal.SIGWINCH)  # the kernel's would go to a controlling terminal's group
+        deadline = time.monotonic() + 60
+        while not read_until(terminal, screen, b"40 120", timeout=1):  # it arrives a moment later
+            assert time.monotonic() < deadline, f"the resize did not arrive: {bytes(screen)!r}"
+            os.write(terminal, b"stty size\r")
+        os.write(terminal, b"exit 7\r")
+        assert read_until(terminal, screen, None), f"the session did not end: {bytes(screen)!r}"
+        assert proc.wait(30) == 7, bytes(screen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(terminal)
+    text = screen.decode(errors="replace")
+    assert re.search(r"^/dev/pts/\d+\r?$", text, re.MULTILINE), text
+    assert re.search(r"^33 101\r?$", text, re.MULTILINE), "the command started at the client's size"
+    assert re.search(r"^40 120\r?$", text, re.MULTILINE), text
+
+
+def test_kubectl_exec_output_streams_as_it_comes(agent, core, ns, kubectl, control_plane):
+    pod = shell_pod(agent, core, ns)
+    # The command waits for a file only the test makes once "first" has arrived: output
+    # held back until the end would never arrive.
+    gated = "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second"
+    proc = subprocess.Popen(
+        [
+            str(toolchain.binary("kubectl")),
+            f"--kubeconfig={control_plane.kubeconfig}",
+            *("exec", "-n", ns, pod, "--", "sh", "-c", gated),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        out = bytearray()
+        assert read_until(proc.stdout.fileno(), out, b"first\n"), (bytes(out), agent.log_tail())
+        assert proc.poll() is None, "first arrived while the command still runs"
+        assert b"second" not in out
+        kubectl("exec", "-n", ns, pod, "--", "touch", "/tmp/go")
+        assert read_until(proc.stdout.fileno(), out, None), bytes(out)
+        assert out == b"first\nsecond\n"
+        assert proc.wait(30) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.communicate()
+
+
+def test_kubectl_attach_is_refused_with_a_reason(agent, core, ns, kubectl):
+    pod = shell_pod(agent, core, ns)
+    attach = kubectl("attach", "-n", ns, pod, check=False)
+    assert attach.returncode != 0
+    assert "attach is not supported by the rhizeption node agent" in attach.stderr, attach.stderr

@@ -9,15 +9,21 @@ labels; they are how the agent finds its own after a restart, and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import podman
 from podman import errors as podman_errors
 
+from ..provider import STDERR, STDOUT
 from ..runtime import (
     ContainerSpec,
     ImageError,
@@ -289,20 +295,37 @@ class PodmanRuntime:
             self._exited.pop(container_id, None)
 
     # -- reaching a container ------------------------------------------------------
-    def exec(self, container_id: str, command: list[str], timeout: float) -> tuple[int, bytes]:
-        """Run COMMAND in the container; (exit code, stdout and stderr). TIMEOUT bounds
-        the request (an exec that outlives it reports exit code -1)."""
-        client = podman.PodmanClient(base_url=self.base_url, timeout=timeout)
+    def exec_start(
+        self,
+        container_id: str,
+        command: list[str],
+        *,
+        stdin: bool,
+        tty: bool,
+        size: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> PodmanExec:
+        """Create an exec session and start it on a hijacked connection (see PodmanExec)."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        config = {
+            "Cmd": command,
+            "AttachStdin": stdin,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": tty,
+        }
         try:
-            code, out = client.containers.get(container_id).exec_run(command, demux=True)
-        except (podman_errors.APIError, OSError) as e:
-            return -1, str(e).encode()
-        except Exception as e:  # requests' timeouts are not OSErrors in every version
-            return -1, f"{type(e).__name__}: {e}".encode()
-        finally:
-            client.close()
-        stdout, stderr = out if isinstance(out, tuple) else (out, None)
-        return (code if code is not None else -1), (stdout or b"") + (stderr or b"")
+            resp = self.client.api.post(f"/containers/{container_id}/exec", data=json.dumps(config))
+            resp.raise_for_status()
+            exec_id = resp.json()["Id"]
+        except (podman_errors.APIError, OSError, ValueError, KeyError) as e:
+            raise RuntimeError_(f"exec in {container_id[:12]}: {e}") from e
+        start: dict[str, Any] = {"Detach": False, "Tty": tty}
+        if tty and size:
+            start["w"], start["h"] = size  # the command starts at the client's terminal size
+        path = f"{self.client.api.path_prefix}exec/{exec_id}/start"
+        sock, early = _hijack(self.base_url, path, start, deadline)
+        return PodmanExec(self.client, exec_id, sock, early, tty=tty, deadline=deadline)
 
     def logs(
         self,
@@ -341,3 +364,172 @@ class PodmanRuntime:
 
     def close(self) -> None:
         self.client.close()
+
+
+# -- exec on a hijacked connection ------------------------------------------------------
+# The podman bindings (5.8) have no way to write to an exec's stdin: exec_run ignores its
+# ``socket`` argument, ``attach_socket`` raises NotImplementedError, and ``stream=True``
+# only reads. Podman's API upgrades the exec start request to a raw two-way stream, as
+# Docker's does, so that request is written here by hand; the rest (create, resize,
+# inspect) goes through the bindings.
+
+
+def _connect(base_url: str, deadline: float | None) -> socket.socket:
+    url = urlsplit(base_url)
+    timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
+    if url.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(url.netloc + url.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    if url.scheme in ("tcp", "http"):
+        return socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=timeout)
+    raise RuntimeError_(f"exec needs Podman on a unix:// or tcp:// URL, not {base_url}")
+
+
+def _hijack(
+    base_url: str, path: str, body: dict[str, Any], deadline: float | None
+) -> tuple[socket.socket, bytes]:
+    """POST BODY to PATH asking for an upgrade; the connection, now a raw stream, and the
+    stream's bytes that came with the response head."""
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: podman\r\nContent-Type: application/json\r\n"
+        f"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    try:
+        sock = _connect(base_url, deadline)
+    except OSError as e:
+        raise RuntimeError_(f"connecting to Podman at {base_url}: {e}") from e
+    try:
+        sock.sendall(head + data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk or len(buf) > 65536:
+                raise RuntimeError_(f"Podman answered {path} with no response head")
+            buf += chunk
+        response, _sep, rest = buf.partition(b"\r\n\r\n")
+        lines = response.decode("latin-1").split("\r\n")
+        code = int(lines[0].split()[1])
+        if code not in (101, 200):  # 200: a Podman that hijacks without announcing the upgrade
+            headers = {k.strip().lower(): v.strip() for k, _s, v in (h.partition(":") for h in lines[1:])}
+            want = int(headers.get("content-length") or 0)
+            while len(rest) < want and (chunk := sock.recv(65536)):
+                rest += chunk
+            try:
+                message = json.loads(rest)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = rest.decode(errors="replace").strip()
+            raise RuntimeError_(f"starting exec: {message} (HTTP {code})")
+    except (OSError, ValueError, IndexError) as e:
+        sock.close()
+        raise RuntimeError_(f"starting exec: {e}") from e
+    except RuntimeError_:
+        sock.close()
+        raise
+    return sock, rest
+
+
+class PodmanExec:
+    """An exec session on its hijacked connection: what is written goes to the command's
+    stdin; what is read is its output, raw with a terminal, else in frames of an 8-byte
+    header (stream 1 or 2, three zero bytes, the payload's size big-endian) and payload."""
+
+    def __init__(
+        self,
+        client: podman.PodmanClient,
+        exec_id: str,
+        sock: socket.socket,
+        early: bytes,
+        *,
+        tty: bool,
+        deadline: float | None,
+    ) -> None:
+        self.client = client
+        self.id = exec_id
+        self.sock = sock
+        self.tty = tty
+        self.deadline = deadline
+        self._buf = early
+        self._closed = False
+
+    def _recv(self) -> bytes:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"exec {self.id[:12]} outlived its timeout")
+            self.sock.settimeout(left)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError:
+            if self._closed:  # closed under a blocked read: that is the end
+                return b""
+            raise
+
+    def _exactly(self, n: int) -> bytes | None:
+        while len(self._buf) < n:
+            chunk = self._recv()
+            if not chunk:
+                if self._buf:
+                    raise RuntimeError_(f"exec {self.id[:12]}: the stream ended inside a frame")
+                return None
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def read(self) -> tuple[int, bytes] | None:
+        if self.tty:
+            data, self._buf = self._buf or self._recv(), b""
+            return (STDOUT, data) if data else None
+        while True:
+            header = self._exactly(8)
+            if header is None:
+                return None
+            size = int.from_bytes(header[4:8], "big")
+            payload = self._exactly(size) if size else b""
+            if payload is None:
+                raise RuntimeError_(f"exec {self.id[:12]}: the stream ended inside a frame")
+            if payload:  # stream 3 is Podman's own error text: shown as stderr
+                return (STDOUT if header[0] == 1 else STDERR), payload
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def resize(self, width: int, height: int) -> None:
+        try:
+            resp = self.client.api.post(f"/exec/{self.id}/resize", params={"h": height, "w": width})
+            resp.raise_for_status()
+        except (podman_errors.APIError, OSError) as e:
+            LOG.debug("resizing exec %s: %s", self.id[:12], e)  # a session that just ended
+
+    def exit_code(self) -> int:
+        # The stream ends as the command exits; Podman records the code a moment later.
+        for _attempt in range(50):
+            try:
+                resp = self.client.api.get(f"/exec/{self.id}/json")
+                resp.raise_for_status()
+                info = resp.json()
+            except (podman_errors.APIError, OSError, ValueError) as e:
+                raise RuntimeError_(f"inspecting exec {self.id[:12]}: {e}") from e
+            if not info.get("Running"):
+                code = info.get("ExitCode")
+                return int(code) if code is not None else -1
+            time.sleep(0.1)
+        raise RuntimeError_(f"exec {self.id[:12]} still runs after its output ended")
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from rhizeption_agent import runtime
+from rhizeption_agent.provider import ProviderError
 from rhizeption_agent.runtime import ImageError, RtContainer, RtPod, RuntimeProvider
 from rhizeption_agent.volumes import PodVolumes
 
@@ -72,14 +73,46 @@ class FakeRuntime:
         for p in self.pods.values():
             p.containers = [c for c in p.containers if c.id != cid]
 
-    def exec(self, cid, command, timeout):
-        return 0, b""
+    def exec_start(self, cid, command, *, stdin, tty, size=None, timeout=None):
+        return FakeExec([(1, b"out\n"), (2, b"err\n")], exit_code=0)
 
     def logs(self, cid, **kwargs):
         yield b""
 
     def stats(self, ids):
         return {}
+
+
+class FakeExec:
+    """An exec session that plays OUTPUT, then ends with EXIT_CODE (or raises RAISE)."""
+
+    def __init__(self, output, exit_code=0, raise_=None):
+        self.output = list(output)
+        self.code = exit_code
+        self.raise_ = raise_
+        self.closed = False
+
+    def read(self):
+        if self.output:
+            return self.output.pop(0)
+        if self.raise_:
+            raise self.raise_
+        return None
+
+    def write(self, data):
+        pass
+
+    def close_stdin(self):
+        pass
+
+    def resize(self, width, height):
+        pass
+
+    def exit_code(self):
+        return self.code
+
+    def close(self):
+        self.closed = True
 
 
 class NoVolumes:
@@ -173,3 +206,22 @@ def test_an_unsupported_pod_is_failed_and_nothing_runs(clock):
     assert "spec.hostPID" in status["message"]
     assert not rt.pods
     assert events[0][:2] == ("Warning", "UnsupportedFeature")
+
+
+def test_exec_probes_run_the_streaming_exec_to_its_end():
+    rt = FakeRuntime()
+    assert runtime.run_to_end(rt, "c1", ["true"], 1) == (0, b"out\nerr\n")
+    late = FakeExec([(1, b"partial ")], raise_=TimeoutError())
+    rt.exec_start = lambda *a, **k: late  # type: ignore[method-assign]
+    code, out = runtime.run_to_end(rt, "c1", ["sleep", "9"], 1)
+    assert code == -1
+    assert out == b"partial command timed out after 1s"
+    assert late.closed, "the session is dropped, not left open"
+
+
+def test_exec_refuses_a_container_that_is_not_running(clock):
+    rt = FakeRuntime(exit_code=0)
+    prov = provider(rt)
+    prov.sync(pod(restartPolicy="Never"), lambda *a: None)
+    with pytest.raises(ProviderError, match="not running"):
+        prov.exec(pod(restartPolicy="Never"), "c", ["sh"], stdin=True, tty=True)
