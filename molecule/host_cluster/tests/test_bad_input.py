@@ -2,7 +2,8 @@
 names the host (or artifact) and the fix, and changes nothing on any host.
 
 Runs playbooks/host_cluster.yml against the scenario's hosts (molecule's inventory) plus
-an extra worker without systemd (this controller, whose PID 1 is not systemd), or a worker nothing answers on (ssh to a closed port of this machine).
+an extra worker without systemd (this controller, whose PID 1 is not systemd), or a worker
+nothing answers on (ssh to a closed port of this machine).
 """
 
 from __future__ import annotations
