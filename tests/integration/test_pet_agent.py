@@ -46,10 +46,20 @@ def ns(namespace, core) -> str:
 
 
 def test_node_registers_with_measured_capacity_and_renews_its_lease(agent, core, api_client):
-    node = wait_for("the Node", lambda: _get_node(core, agent.node_name), 60, agent=agent)
+    # The node lifecycle controller taints a new Node not-ready until it has seen it Ready:
+    # wait for that to pass, then only the agent's own taint is left.
+    node = wait_for(
+        "the Node, with only its own taint",
+        lambda: (
+            (n := _get_node(core, agent.node_name))
+            and [(t.key, t.effect) for t in n.spec.taints or []] == [("rhizeption.io/pet", "NoSchedule")]
+            and n
+        ),
+        60,
+        agent=agent,
+    )
     assert node.metadata.labels["node.rhizeption.io/kind"] == "pet"
     assert node.metadata.labels["kubernetes.io/hostname"] == agent.node_name
-    assert [(t.key, t.effect) for t in node.spec.taints] == [("rhizeption.io/pet", "NoSchedule")]
     assert node.status.capacity["cpu"] == str(len(os.sched_getaffinity(0)))
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     assert node.status.capacity["memory"] == f"{mem_kib}Ki"
