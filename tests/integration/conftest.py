@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,21 @@ def namespace(api_client: kubernetes.client.ApiClient, request: pytest.FixtureRe
     finally:
         _release_machines(api_client, name)
         core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def core(api_client: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+def ns(namespace: str, core: kubernetes.client.CoreV1Api) -> str:
+    """The test's namespace once its default ServiceAccount exists (Pods need it)."""
+    deadline = time.monotonic() + 30
+    while not core.list_namespaced_service_account(namespace).items:
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {namespace} after 30 s"
+        time.sleep(0.2)
+    return namespace
 
 
 def _release_machines(api_client: kubernetes.client.ApiClient, namespace: str) -> None:

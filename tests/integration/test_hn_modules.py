@@ -37,11 +37,6 @@ def custom(api_client):
     return kubernetes.client.CustomObjectsApi(api_client)
 
 
-@pytest.fixture
-def core(api_client):
-    return kubernetes.client.CoreV1Api(api_client)
-
-
 def spec(**template):
     return {
         "controlPlaneEndpoint": {"host": "tenant-api.example", "port": 6443},

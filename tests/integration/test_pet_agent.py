@@ -33,18 +33,6 @@ def agent(control_plane, tmp_path_factory) -> Iterator[AgentProcess]:
         yield proc
 
 
-@pytest.fixture
-def core(api_client) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client)
-
-
-@pytest.fixture
-def ns(namespace, core) -> str:
-    """The test's namespace once its default ServiceAccount exists (Pods need it)."""
-    wait_for("default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 30)
-    return namespace
-
-
 def test_node_registers_with_measured_capacity_and_renews_its_lease(agent, core, api_client):
     # The node lifecycle controller taints a new Node not-ready until it has seen it Ready:
     # wait for that to pass, then only the agent's own taint is left.

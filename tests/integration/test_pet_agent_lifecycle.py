@@ -7,7 +7,6 @@ import datetime
 import itertools
 from collections.abc import Iterator
 
-import kubernetes
 import pytest
 from petagent import (
     HOST_IMAGE,
@@ -27,17 +26,6 @@ pytestmark = pytest.mark.slow
 def agent(control_plane, tmp_path_factory) -> Iterator[AgentProcess]:
     with running_agent(control_plane, tmp_path_factory.mktemp("pet-agent-life")) as proc:
         yield proc
-
-
-@pytest.fixture
-def core(api_client) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client)
-
-
-@pytest.fixture
-def ns(namespace, core) -> str:
-    wait_for("default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 30)
-    return namespace
 
 
 def status_of(core, ns, name, container=None):

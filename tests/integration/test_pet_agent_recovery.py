@@ -13,17 +13,6 @@ from petagent import HOST_IMAGE, pet_pod, podman_containers, running_agent, wait
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def core(api_client) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client)
-
-
-@pytest.fixture
-def ns(namespace, core) -> str:
-    wait_for("default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 30)
-    return namespace
-
-
 SLEEPER = {"name": "app", "image": HOST_IMAGE, "command": ["sleep", "3600"]}
 
 

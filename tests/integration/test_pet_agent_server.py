@@ -49,17 +49,6 @@ def agent(control_plane, tmp_path_factory) -> Iterator[AgentProcess]:
 
 
 @pytest.fixture
-def core(api_client) -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client)
-
-
-@pytest.fixture
-def ns(namespace, core) -> str:
-    wait_for("default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 30)
-    return namespace
-
-
-@pytest.fixture
 def kubectl(control_plane):
     def run(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         done = subprocess.run(

@@ -72,11 +72,6 @@ def tcp(run_playbook, operator_kubeconfig):
 
 
 @pytest.fixture
-def core(api_client):
-    return kubernetes.client.CoreV1Api(api_client)
-
-
-@pytest.fixture
 def custom(api_client):
     return kubernetes.client.CustomObjectsApi(api_client)
 
