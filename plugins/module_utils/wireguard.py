@@ -387,7 +387,8 @@ def _sync_wireguard(spec: Spec, live: Live, run: Runner, res: Result, check_mode
     """One `wg set` with only what differs: peers not named are left alone, so their
     sessions keep their keys and counters."""
     wg_set: List[str] = []
-    if res.public_key and live.public_key != res.public_key:
+    key_changed = bool(res.public_key) and live.public_key != res.public_key
+    if key_changed:
         wg_set += ["private-key", spec.private_key_path]
         res.actions.append("set private key")
     if spec.listen_port and spec.listen_port != live.listen_port:
@@ -410,6 +411,13 @@ def _sync_wireguard(spec: Spec, live: Live, run: Runner, res: Result, check_mode
         if args:
             wg_set += ["peer", key, *args]
             res.actions.append(f"{'add' if have is None else 'update'} peer {key}")
+        if key_changed and have is not None and peer.endpoint and peer.persistent_keepalive:
+            # A new private key ends every session, and a peer that does not know our endpoint
+            # (a hub behind which we roam) cannot start the next one: we must. Turning the
+            # keepalive on from off sends one at once (kernel and wireguard-go alike), which
+            # starts the handshake now instead of when the keepalive timer next fires.
+            wg_set += ["peer", key, "persistent-keepalive", "off"]
+            wg_set += ["peer", key, "persistent-keepalive", str(peer.persistent_keepalive)]
     if wg_set and not check_mode:
         _run(run, ["wg", "set", spec.name, *wg_set])
 

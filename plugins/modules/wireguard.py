@@ -84,6 +84,9 @@ options:
     description:
       - Replace the private key with a fresh one. Only this interface's sessions
         re-handshake; the peers must be given the new public key.
+      - When the interface takes a new private key, it sends a keepalive at once to every
+        peer with an O(peers[].endpoint) and O(peers[].persistent_keepalive), so a pet
+        starts its new session with the hub now rather than when its keepalive timer fires.
       - Not idempotent by nature; set it for one run.
     type: bool
     default: false

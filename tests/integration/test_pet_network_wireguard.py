@@ -140,6 +140,33 @@ def test_rotating_one_pets_key_leaves_the_other_sessions_up(topo: Topology) -> N
     assert old_b not in after
 
 
+def test_a_pet_with_a_new_key_starts_its_session_at_once(topo: Topology) -> None:
+    """The role's order: the hub learns B's new key first, then B takes it. The hub cannot
+    start B's new session (it learns B's endpoint from B), so B must, at once: not when its
+    keepalive timer next fires, which a packet just sent has pushed 25 s away."""
+    b = topo.pets["b"]
+    slow = topo.pet_args(b)
+    slow["peers"][0]["persistent_keepalive"] = 25
+    topo.apply(b, slow)
+    try:
+        assert ping(topo.lab, b.ns, topo.gw.tunnel_ip, count=1)  # re-arms B's 25 s timer
+        new_key = topo.lab.module(
+            b.ns,
+            "wireguard",
+            {"name": b.ifname, "state": "keypair", "private_key_path": b.key_path, "rotate_key": True},
+        )["public_key"]
+        b.public_key = new_key
+        topo.apply(topo.gw, topo.hub_args())
+        took = topo.apply(b, slow)
+        assert "set private key" in took["actions"]
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not topo.handshakes(topo.gw).get(new_key):
+            time.sleep(0.1)
+        assert topo.handshakes(topo.gw).get(new_key), "B waited for its keepalive timer to start the session"
+    finally:
+        topo.apply(b, topo.pet_args(b))
+
+
 def test_bad_keys_and_overlapping_subnets_are_refused_naming_the_option(topo: Topology) -> None:
     args = topo.hub_args()
     args["peers"][0]["public_key"] = "not-a-key"

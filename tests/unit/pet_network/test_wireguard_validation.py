@@ -100,3 +100,45 @@ def test_the_config_for_reboots_carries_a_key_path_not_a_key():
     assert "PrivateKey" not in text
     assert "PostUp = wg set %i private-key /etc/wireguard/wg-pets.key" in text
     assert f"[Peer]\nPublicKey = {KEY_A}\nAllowedIPs = 10.244.1.0/24\nEndpoint = gw:51820" in text
+
+
+def _sync_argv(spec, live):
+    from ansible_collections.rhizeption.core.plugins.module_utils.wireguard import Result, _sync_wireguard
+
+    calls = []
+    res = Result(public_key=KEY_B)
+    _sync_wireguard(spec, live, lambda argv, data=None: calls.append(argv) or (0, "", ""), res, False)
+    return calls
+
+
+def test_a_new_private_key_restarts_the_session_with_a_keepalive_at_once():
+    """The hub cannot start the new session (it learns our endpoint from us): the pet must."""
+    from ansible_collections.rhizeption.core.plugins.module_utils.wireguard import Live, Peer
+
+    hub = {
+        "public_key": KEY_A,
+        "allowed_ips": ["10.244.255.0/24"],
+        "endpoint": "gw:51820",
+        "persistent_keepalive": 25,
+    }
+    spec = build_spec(params(listen_port=None, peers=[hub]))
+    same_peer = Peer(KEY_A, list(spec.peers[0].allowed_ips), "gw:51820", 25)
+    old_key = base64.b64encode(bytes(range(2, 34))).decode()
+    (argv,) = _sync_argv(spec, Live(exists=True, public_key=old_key, peers={KEY_A: same_peer}))
+    assert argv[argv.index("private-key") + 1] == spec.private_key_path
+    tail = argv[-8:]
+    assert tail == ["peer", KEY_A, "persistent-keepalive", "off", "peer", KEY_A, "persistent-keepalive", "25"]
+
+
+def test_an_unchanged_key_leaves_the_sessions_alone():
+    from ansible_collections.rhizeption.core.plugins.module_utils.wireguard import Live, Peer
+
+    hub = {
+        "public_key": KEY_A,
+        "allowed_ips": ["10.244.255.0/24"],
+        "endpoint": "gw:51820",
+        "persistent_keepalive": 25,
+    }
+    spec = build_spec(params(listen_port=None, peers=[hub]))
+    same_peer = Peer(KEY_A, list(spec.peers[0].allowed_ips), "gw:51820", 25)
+    assert _sync_argv(spec, Live(exists=True, public_key=KEY_B, peers={KEY_A: same_peer})) == []
