@@ -86,6 +86,7 @@ APISERVER = "kube-apiserver"
 CONTROLLER_MANAGER = "kube-controller-manager"
 SCHEDULER = "kube-scheduler"
 COMPONENTS = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER)
+ETCD_BACKUP = "etcd-backup"  # the helper Pods of a backup or restore, not a component
 # spec.resources keys of each component.
 RESOURCE_KEYS = {
     ETCD: "etcd",
@@ -1352,6 +1353,11 @@ def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapp
                 # The tenant's own kube-apiserver, and no one else, reaches the client port.
                 {
                     "from": [{"podSelector": {"matchLabels": selector_labels(tcp, APISERVER)}}],
+                    "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT}],
+                },
+                # The one-shot Pods of a backup (tenant_backup.py) take their snapshot there.
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(tcp, ETCD_BACKUP)}}],
                     "ports": [{"protocol": "TCP", "port": ETCD_CLIENT_PORT}],
                 },
                 # Members talk to each other.

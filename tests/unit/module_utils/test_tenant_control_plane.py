@@ -366,11 +366,16 @@ def test_only_the_tenants_apiserver_reaches_its_etcd():
     policy = by_name(objects)[("NetworkPolicy", "blue-etcd")]["spec"]
     assert policy["podSelector"]["matchLabels"] == {TENANT_LABEL: "blue", "app.kubernetes.io/name": "etcd"}
     assert policy["policyTypes"] == ["Ingress"]
-    clients, peers = policy["ingress"]
+    clients, backups, peers = policy["ingress"]
     assert clients["from"] == [
         {"podSelector": {"matchLabels": {TENANT_LABEL: "blue", "app.kubernetes.io/name": "kube-apiserver"}}}
     ]
     assert clients["ports"] == [{"protocol": "TCP", "port": 2379}]
+    # and the one-shot Pods of a backup (tenant_backup.py), on the client port only
+    assert backups["from"] == [
+        {"podSelector": {"matchLabels": {TENANT_LABEL: "blue", "app.kubernetes.io/name": "etcd-backup"}}}
+    ]
+    assert backups["ports"] == clients["ports"]
     assert peers["from"] == [{"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}]
     # no namespaceSelector: nothing outside the tenant's namespace matches
     assert "namespaceSelector" not in json.dumps(policy)
