@@ -433,12 +433,16 @@ def backup(
     check_mode: bool = False,
 ) -> Result:
     """Snapshot the tenant's etcd into PATH. An existing snapshot at PATH is kept (changed
-    false) unless FORCE; an existing file that is not a snapshot is refused, never replaced."""
+    false) unless FORCE; an existing file that is not a snapshot is refused, FORCE or not:
+    a mistyped path must not overwrite something else."""
     tcp = _tenant(kube, namespace, name)
     check_backupable(tcp)
-    if os.path.exists(path) and not force:
+    if os.path.exists(path):
         data = read_snapshot(path)  # raises when PATH holds something else
-        return Result(False, path, hashlib.sha256(data).hexdigest(), len(data), "kept the existing snapshot")
+        if not force:
+            return Result(
+                False, path, hashlib.sha256(data).hexdigest(), len(data), "kept the existing snapshot"
+            )
     if check_mode:
         return Result(True, path, message="would write a new snapshot")
     pod = backup_pod(tcp, _images(tcp, images), core.secret_names(tcp))
@@ -465,12 +469,18 @@ def _scale(kube: Kube, resource: core.Resource, namespace: str, name: str, repli
     )
 
 
-def _stop(kube: Kube, tcp: Obj) -> Dict[str, int]:
+def _components(tcp: Obj) -> str:
+    """The label selector of the control plane's own objects (others may carry the tenant's label)."""
+    names = ",".join(core.COMPONENTS)
+    return f"{core.TENANT_LABEL}={tcp['metadata']['name']},app.kubernetes.io/name in ({names})"
+
+
+def _stop(kube: Kube, tcp: Obj, before: Dict[str, int]) -> None:
     """Scale the tenant's Deployments, then etcd, to 0 and wait until their Pods are gone.
-    Returns the replicas to scale back to."""
+    BEFORE gets the replicas to scale back to as each is scaled, so a stop that fails
+    half-way is undone too."""
     ns, name = tcp["metadata"]["namespace"], tcp["metadata"]["name"]
-    before: Dict[str, int] = {}
-    deployments, _version = kube.list(core.DEPLOYMENT.path(ns), label_selector=f"{core.TENANT_LABEL}={name}")
+    deployments, _version = kube.list(core.DEPLOYMENT.path(ns), label_selector=_components(tcp))
     for obj in deployments:
         before[obj["metadata"]["name"]] = int((obj.get("spec") or {}).get("replicas", 1))
         _scale(kube, core.DEPLOYMENT, ns, obj["metadata"]["name"], 0)
@@ -478,26 +488,17 @@ def _stop(kube: Kube, tcp: Obj) -> Dict[str, int]:
     before[sts] = core.etcd_members(tcp)
     _scale(kube, core.STATEFULSET, ns, sts, 0)
     stopped, left = kube.wait(
-        _pod_path(ns),
-        lambda pods: (
-            not any(
-                (p["metadata"].get("labels") or {}).get("app.kubernetes.io/name") != BACKUP
-                for p in pods.values()
-            )
-        ),
-        HELPER_TIMEOUT,
-        label_selector=f"{core.TENANT_LABEL}={name}",
+        _pod_path(ns), lambda pods: not pods, HELPER_TIMEOUT, label_selector=_components(tcp)
     )
     if not stopped:
         raise BackupError(f"TenantControlPlane {ns}/{name}", f"Pods still running after stop: {sorted(left)}")
-    return before
 
 
 def _start(kube: Kube, tcp: Obj, replicas: Mapping[str, int], timeout: float) -> Obj:
     """etcd first, then the Deployments, then wait for the tenant to be Ready."""
     ns = tcp["metadata"]["namespace"]
     sts = core.etcd_names(tcp)[0]
-    _scale(kube, core.STATEFULSET, ns, sts, replicas.get(sts, core.etcd_members(tcp)))
+    _scale(kube, core.STATEFULSET, ns, sts, core.etcd_members(tcp))
     for deployment, count in replicas.items():
         if deployment != sts:
             _scale(kube, core.DEPLOYMENT, ns, deployment, count)
@@ -523,8 +524,9 @@ def restore(
         return Result(True, path, digest, len(data), "would restore the snapshot")
     imgs = _images(tcp, images)
     n = _names(tcp)
-    replicas = _stop(kube, tcp)
+    replicas: Dict[str, int] = {}
     try:
+        _stop(kube, tcp, replicas)
         receive = receive_pod(tcp, imgs)
         try:
             _run_pod(kube, receive, "Running")

@@ -16,7 +16,8 @@ description:
     it is written. The file is replaced atomically, so an older backup stays until the new one is complete.
   - A backup is idempotent the way a file task is. When O(path) holds a valid snapshot already, it is kept
     and the task reports C(changed=false), unless O(force=true), which takes a new snapshot every run (what a
-    scheduled backup wants). A file at O(path) that is not a snapshot is refused, never overwritten.
+    scheduled backup wants). A file at O(path) that is not a snapshot is refused, never overwritten,
+    even with O(force=true).
   - With O(mode=restore), replaces the tenant's etcd data by the snapshot at O(path). The file is checked
     first, so a missing or corrupt file fails before anything is stopped. Then the tenant's kube-apiserver,
     controller-manager and scheduler and its etcd are scaled to 0, the snapshot is restored with
@@ -24,7 +25,9 @@ description:
     tenant is started again and waited on until it is C(Ready). Revisions are bumped and compacted, as
     Kubernetes advises, so clients watching the tenant relist. A restore always reports C(changed=true).
   - If a restore fails after the tenant was stopped, the helper Pods are removed, the tenant is started again
-    on its old data, and the task fails with the cause.
+    on its old data, and the task fails with the cause. If the run itself is interrupted (the controller
+    dies), the tenant may stay scaled to 0; a run of M(rhizeption.core.tenant_control_plane) applies its
+    replicas again.
   - Only a dedicated etcd (C(spec.datastore.type=etcd)) can be backed up; a restore needs a single member
     (C(spec.replicas=1)). A shared etcd holds other tenants' keys as well and is refused.
 author:

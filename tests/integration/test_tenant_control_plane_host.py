@@ -355,6 +355,7 @@ def test_backup_then_restore_brings_back_a_deleted_object(tenants, host, run_pla
 
         back = _retry(lambda: core.read_namespaced_config_map("keep-me", "default"))
         assert back.data == {"a": "1"}
+
         ready = apply(
             run_playbook,
             host,
@@ -371,6 +372,48 @@ def test_backup_then_restore_brings_back_a_deleted_object(tenants, host, run_pla
         # Gone already, or the tenant is down: the fixture deletes the tenant anyway.
         with contextlib.suppress(Exception):
             core.delete_namespaced_config_map("keep-me", "default")
+        client.close()
+
+
+def test_a_restore_that_fails_leaves_the_tenant_on_its_data(tenants, host, run_playbook, tmp_path):
+    path = tmp_path / "blue.db"
+    client = tenant_client(tenants["blue"]["kubeconfig"])
+    core = kubernetes.client.CoreV1Api(client)
+    try:
+        _retry(
+            lambda: core.create_namespaced_config_map(
+                "default", {"metadata": {"name": "kept"}, "data": {"a": "1"}}
+            )
+        )
+        made = backup_task(run_playbook, host, mode="backup", path=str(path))
+        assert made.get("failed") is not True, made.get("msg")
+        # force: a new snapshot to the same path.
+        forced = backup_task(run_playbook, host, mode="backup", path=str(path), force=True)
+        assert forced.get("failed") is not True, forced.get("msg")
+        assert forced["changed"] is True and forced["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+        # It fails once the tenant is stopped (an etcdutl image without etcdutl): the error
+        # names the Pod and the cause, and the tenant is back on its data, change included.
+        core.patch_namespaced_config_map("kept", "default", {"data": {"a": "2"}})
+        broken = backup_task(
+            run_playbook,
+            host,
+            mode="restore",
+            path=str(path),
+            images={"etcdutl": "localhost/rhizeption/etcd:v3.6.16"},
+        )
+        assert broken.get("failed") is True, broken
+        assert "blue-etcd-restore" in broken["msg"] and "old data" in broken["msg"], broken["msg"]
+        kept = _retry(lambda: core.read_namespaced_config_map("kept", "default"))
+        assert kept.data == {"a": "2"}
+        assert (
+            not host["core"]
+            .list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=etcd-backup")
+            .items
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            core.delete_namespaced_config_map("kept", "default")
         client.close()
 
 

@@ -136,3 +136,31 @@ def test_the_restore_pods_mount_member_0s_volume_and_keep_the_old_data_until_the
         < script.index("mv restore/data data")
         < script.index("rm -rf data.old restore")
     )
+
+
+class _NoCluster:
+    """A Kube that answers only the read of the tenant: a backup that keeps the file, or
+    refuses it, must not create anything."""
+
+    def get(self, path):
+        assert path.endswith("/tenantcontrolplanes/blue"), path
+        return tcp()
+
+
+def test_an_existing_snapshot_is_kept_and_another_file_refused_even_with_force(tmp_path):
+    path = tmp_path / "blue.db"
+    path.write_bytes(snapshot())
+    kept = backup.backup(_NoCluster(), "tenants", "blue", str(path))
+    assert kept.changed is False and kept.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(b"my notes")
+    for force in (False, True):
+        with pytest.raises(backup.BackupError, match=r"blue\.db: is not an etcd snapshot"):
+            backup.backup(_NoCluster(), "tenants", "blue", str(path), force=force)
+    assert path.read_bytes() == b"my notes"
+
+
+def test_check_mode_restore_checks_the_file_and_stops_nothing(tmp_path):
+    path = tmp_path / "blue.db"
+    path.write_bytes(snapshot())
+    would = backup.restore(_NoCluster(), "tenants", "blue", str(path), check_mode=True)
+    assert would.changed is True and would.message == "would restore the snapshot"
