@@ -50,6 +50,7 @@ WORK = "/backup"
 DATA = "/var/lib/etcd"  # the etcd volume's mount, as in etcd's Pod; the data dir is DATA/data
 HELPER_TIMEOUT = 180.0
 EXEC_CHUNK = 1 << 20
+EXEC_TRIES = 3
 
 
 class BackupError(core.TenantControlPlaneError):
@@ -410,8 +411,15 @@ def _exec(
         deadline = time.monotonic() + HELPER_TIMEOUT
         while resp.is_open() and time.monotonic() < deadline:
             resp.update(timeout=1)
-            out.append(resp.read_stdout() or "")
-            err.append(resp.read_stderr() or "")
+            # timeout 0: without it a read with nothing buffered blocks until the next frame.
+            out.append(resp.read_stdout(timeout=0) or "")
+            err.append(resp.read_stderr(timeout=0) or "")
+        if resp.is_open():
+            raise BackupError(
+                f"Pod {namespace}/{pod}", f"{' '.join(command)} still ran after {HELPER_TIMEOUT:.0f} s"
+            )
+        out.append(resp.read_stdout(timeout=0) or "")
+        err.append(resp.read_stderr(timeout=0) or "")
         code = resp.returncode
     finally:
         resp.close()
@@ -420,6 +428,22 @@ def _exec(
             f"Pod {namespace}/{pod}", f"{' '.join(command)} exited {code}: {''.join(err).strip()[-800:]}"
         )
     return "".join(out)
+
+
+def _read_out(kube: Kube, namespace: str, pod: str, what: str) -> bytes:
+    """The snapshot in POD, checked. An exec's output was seen cut short on the rig (once
+    in about ten backups; the check caught it): read again, at most EXEC_TRIES times."""
+    problem = BackupError(f"Pod {namespace}/{pod}", "was not read")
+    for _attempt in range(EXEC_TRIES):
+        text = _exec(kube, namespace, pod, ["base64", f"{WORK}/snapshot.db"])
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+            check_snapshot(data, what)
+        except ValueError as e:  # binascii.Error and BackupError are ValueErrors
+            problem = BackupError(f"Pod {namespace}/{pod}", f"sent a damaged snapshot ({e})")
+            continue
+        return data
+    raise problem
 
 
 def backup(
@@ -449,16 +473,30 @@ def backup(
     pod_name = pod["metadata"]["name"]
     try:
         _run_pod(kube, pod, "Running")
-        text = _exec(kube, namespace, pod_name, ["base64", f"{WORK}/snapshot.db"])
+        data = _read_out(kube, namespace, pod_name, f"the snapshot of {namespace}/{name}")
     finally:
         _delete_pod(kube, namespace, pod_name, wait=False)
-    try:
-        data = base64.b64decode("".join(text.split()), validate=True)
-    except ValueError as e:
-        raise BackupError(f"Pod {namespace}/{pod_name}", f"sent something that is not base64: {e}") from e
-    check_snapshot(data, f"the snapshot of {namespace}/{name}")
     write_private(path, data)
     return Result(True, path, hashlib.sha256(data).hexdigest(), len(data), "wrote a new snapshot")
+
+
+def _send(kube: Kube, namespace: str, pod: str, data: bytes, digest: str) -> None:
+    """Write DATA into POD's DATA/restore/snapshot.db and compare its sha256, trying again
+    (at most EXEC_TRIES times) if it arrived damaged."""
+    encoded = base64.b64encode(data)
+    target = f"{DATA}/restore/snapshot.db"
+    for _attempt in range(EXEC_TRIES):
+        # head -c reads exactly the bytes sent: no end-of-stdin is needed over exec.
+        script = (
+            f"rm -rf {DATA}/restore; mkdir -p {DATA}/restore; head -c {len(encoded)} | base64 -d > {target}"
+        )
+        _exec(kube, namespace, pod, ["sh", "-ec", script], stdin=encoded)
+        sent = _exec(kube, namespace, pod, ["sha256sum", target]).split()
+        if sent and sent[0] == digest:
+            return
+    raise BackupError(
+        f"Pod {namespace}/{pod}", f"the snapshot arrived damaged {EXEC_TRIES} times (sha256 differs)"
+    )
 
 
 def _scale(kube: Kube, resource: core.Resource, namespace: str, name: str, replicas: int) -> None:
@@ -530,26 +568,7 @@ def restore(
         receive = receive_pod(tcp, imgs)
         try:
             _run_pod(kube, receive, "Running")
-            encoded = base64.b64encode(data)
-            target = f"{DATA}/restore/snapshot.db"
-            # head -c reads exactly the bytes sent: no end-of-stdin is needed over exec.
-            _exec(
-                kube,
-                namespace,
-                n["receive"],
-                [
-                    "sh",
-                    "-ec",
-                    f"rm -rf {DATA}/restore; mkdir -p {DATA}/restore; "
-                    f"head -c {len(encoded)} | base64 -d > {target}; sync",
-                ],
-                stdin=encoded,
-            )
-            sent = _exec(kube, namespace, n["receive"], ["sha256sum", target]).split()
-            if not sent or sent[0] != digest:
-                raise BackupError(
-                    f"Pod {namespace}/{n['receive']}", "the snapshot arrived damaged (sha256 differs)"
-                )
+            _send(kube, namespace, n["receive"], data, digest)
         finally:
             _delete_pod(kube, namespace, n["receive"])
         try:
