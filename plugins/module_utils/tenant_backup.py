@@ -28,10 +28,10 @@ import hashlib
 import os
 import struct
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping
 
+from ansible_collections.rhizeption.core.plugins.module_utils import oneshot_pods as oneshot
 from ansible_collections.rhizeption.core.plugins.module_utils import tenant_control_plane as core
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import owner_reference
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, KubeError
@@ -48,8 +48,6 @@ HELPER_IMAGE = "localhost/rhizeption/busybox:bookworm"
 BUMP_REVISION = 1_000_000_000
 WORK = "/backup"
 DATA = "/var/lib/etcd"  # the etcd volume's mount, as in etcd's Pod; the data dir is DATA/data
-HELPER_TIMEOUT = 180.0
-EXEC_CHUNK = 1 << 20
 EXEC_TRIES = 3
 
 
@@ -150,7 +148,7 @@ def _pod(tcp: Obj, name: str, spec: Obj) -> Obj:
     base = core._pod_spec(tcp, BACKUP, {}, [], 1)
     base.pop("containers")
     base.pop("volumes")
-    base.update(restartPolicy="Never", activeDeadlineSeconds=int(HELPER_TIMEOUT) * 5, **spec)
+    base.update(restartPolicy="Never", activeDeadlineSeconds=int(oneshot.TIMEOUT) * 5, **spec)
     labels = core.labels(tcp, core.ETCD)
     labels["app.kubernetes.io/name"] = BACKUP
     return {
@@ -207,7 +205,7 @@ def backup_pod(tcp: Obj, images: Mapping[str, str], secrets: Mapping[str, str]) 
         [work, {"name": "etcd-client", "mountPath": pki, "readOnly": True}],
     )
     # Holds the file for the exec that streams it out; the Pod is deleted right after.
-    hold = _container("hold", images["helper"], ["sleep", str(int(HELPER_TIMEOUT) * 5)], [work])
+    hold = _container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], [work])
     return _pod(
         tcp,
         n["backup"],
@@ -235,7 +233,7 @@ def _data_volume(tcp: Obj) -> List[Obj]:
 def receive_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
     """Mounts the stopped etcd's volume; the snapshot is written into it through exec."""
     mounts = [{"name": "data", "mountPath": DATA}]
-    hold = _container("hold", images["helper"], ["sleep", str(int(HELPER_TIMEOUT) * 5)], mounts)
+    hold = _container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], mounts)
     return _pod(tcp, _names(tcp)["receive"], {"containers": [hold], "volumes": _data_volume(tcp)})
 
 
@@ -311,131 +309,12 @@ def _images(tcp: Obj, images: Mapping[str, str] | None) -> Dict[str, str]:
     return out
 
 
-def _pod_path(namespace: str, name: str = "") -> str:
-    return core._POD.path(namespace, name) if name else core._POD.path(namespace)
-
-
-def _pod_trouble(pod: Obj) -> str:
-    """What went wrong with a helper Pod, from its containers' statuses."""
-    st = pod.get("status") or {}
-    for c in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
-        state = c.get("state") or {}
-        done = state.get("terminated")
-        if done and done.get("exitCode"):
-            return f"{c['name']} exited {done['exitCode']}: {(done.get('message') or '').strip()[-800:]}"
-        waiting = state.get("waiting")
-        if waiting and waiting.get("reason") not in (None, "PodInitializing", "ContainerCreating"):
-            return f"{c['name']}: {waiting.get('reason')}: {waiting.get('message', '')}"
-    if st.get("phase") == "Failed":
-        return f"failed: {st.get('reason', '')} {st.get('message', '')}".strip()
-    return ""
-
-
-def _run_pod(kube: Kube, pod: Obj, until: str, timeout: float = HELPER_TIMEOUT) -> Obj:
-    """Create POD (after removing a leftover of a crashed run) and wait until it is UNTIL
-    (Running or Succeeded); raise with its containers' trouble when it fails."""
-    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-    _delete_pod(kube, ns, name)
-    kube.request("POST", _pod_path(ns), body=pod, what=f"create Pod {ns}/{name}")
-    seen: Dict[str, Obj] = {}
-
-    def done(pods: Dict[str, Obj]) -> bool:
-        p = pods.get(name)
-        if p is None:
-            return False
-        seen["pod"] = p
-        phase = (p.get("status") or {}).get("phase")
-        if phase == "Failed" or (phase == "Running" and until == "Succeeded" and _pod_trouble(p)):
-            return True
-        return phase == until or bool(_pod_trouble(p) and phase != "Succeeded")
-
-    ok, _pods = kube.wait(_pod_path(ns), done, timeout, field_selector=f"metadata.name={name}")
-    pod_now = seen.get("pod") or {}
-    phase = (pod_now.get("status") or {}).get("phase", "missing")
-    if not ok or phase != until:
-        trouble = _pod_trouble(pod_now) or f"{phase} after {timeout:.0f} s"
-        raise BackupError(f"Pod {ns}/{name}", trouble)
-    return pod_now
-
-
-def _delete_pod(kube: Kube, namespace: str, name: str, wait: bool = True) -> None:
-    # No grace period: sleep as PID 1 ignores SIGTERM, and nothing in these Pods needs one.
-    try:
-        kube.request(
-            "DELETE",
-            _pod_path(namespace, name),
-            body={"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0},
-            what=f"delete Pod {namespace}/{name}",
-        )
-    except KubeError as e:
-        if e.status != 404:
-            raise
-        return
-    if wait:
-        kube.wait(
-            _pod_path(namespace), lambda pods: name not in pods, 120, field_selector=f"metadata.name={name}"
-        )
-
-
-def _exec(
-    kube: Kube,
-    namespace: str,
-    pod: str,
-    command: List[str],
-    *,
-    container: str = "hold",
-    stdin: bytes | None = None,
-) -> str:
-    """Run COMMAND in the container; its stdout. Raises with its stderr when it fails."""
-    from kubernetes import client as k8s  # noqa: PLC0415 (imported where needed, see kube.py)
-    from kubernetes.stream import stream  # noqa: PLC0415
-
-    resp = stream(
-        k8s.CoreV1Api(kube.api).connect_get_namespaced_pod_exec,
-        pod,
-        namespace,
-        container=container,
-        command=command,
-        stdin=stdin is not None,
-        stdout=True,
-        stderr=True,
-        tty=False,
-        _preload_content=False,
-    )
-    out: List[str] = []
-    err: List[str] = []
-    try:
-        if stdin is not None:
-            for i in range(0, len(stdin), EXEC_CHUNK):
-                resp.write_stdin(stdin[i : i + EXEC_CHUNK].decode("ascii"))
-        deadline = time.monotonic() + HELPER_TIMEOUT
-        while resp.is_open() and time.monotonic() < deadline:
-            resp.update(timeout=1)
-            # timeout 0: without it a read with nothing buffered blocks until the next frame.
-            out.append(resp.read_stdout(timeout=0) or "")
-            err.append(resp.read_stderr(timeout=0) or "")
-        if resp.is_open():
-            raise BackupError(
-                f"Pod {namespace}/{pod}", f"{' '.join(command)} still ran after {HELPER_TIMEOUT:.0f} s"
-            )
-        out.append(resp.read_stdout(timeout=0) or "")
-        err.append(resp.read_stderr(timeout=0) or "")
-        code = resp.returncode
-    finally:
-        resp.close()
-    if code != 0:
-        raise BackupError(
-            f"Pod {namespace}/{pod}", f"{' '.join(command)} exited {code}: {''.join(err).strip()[-800:]}"
-        )
-    return "".join(out)
-
-
 def _read_out(kube: Kube, namespace: str, pod: str, what: str) -> bytes:
     """The snapshot in POD, checked. An exec's output was seen cut short on the rig (once
     in about ten backups; the check caught it): read again, at most EXEC_TRIES times."""
     problem = BackupError(f"Pod {namespace}/{pod}", "was not read")
     for _attempt in range(EXEC_TRIES):
-        text = _exec(kube, namespace, pod, ["base64", f"{WORK}/snapshot.db"])
+        text = oneshot.exec_out(kube, namespace, pod, ["base64", f"{WORK}/snapshot.db"], container="hold")
         try:
             data = base64.b64decode("".join(text.split()), validate=True)
             check_snapshot(data, what)
@@ -472,10 +351,10 @@ def backup(
     pod = backup_pod(tcp, _images(tcp, images), core.secret_names(tcp))
     pod_name = pod["metadata"]["name"]
     try:
-        _run_pod(kube, pod, "Running")
+        oneshot.run(kube, pod, "Running")
         data = _read_out(kube, namespace, pod_name, f"the snapshot of {namespace}/{name}")
     finally:
-        _delete_pod(kube, namespace, pod_name, wait=False)
+        oneshot.delete(kube, namespace, pod_name, wait=False)
     write_private(path, data)
     return Result(True, path, hashlib.sha256(data).hexdigest(), len(data), "wrote a new snapshot")
 
@@ -490,8 +369,8 @@ def _send(kube: Kube, namespace: str, pod: str, data: bytes, digest: str) -> Non
         script = (
             f"rm -rf {DATA}/restore; mkdir -p {DATA}/restore; head -c {len(encoded)} | base64 -d > {target}"
         )
-        _exec(kube, namespace, pod, ["sh", "-ec", script], stdin=encoded)
-        sent = _exec(kube, namespace, pod, ["sha256sum", target]).split()
+        oneshot.exec_out(kube, namespace, pod, ["sh", "-ec", script], container="hold", stdin=encoded)
+        sent = oneshot.exec_out(kube, namespace, pod, ["sha256sum", target], container="hold").split()
         if sent and sent[0] == digest:
             return
     raise BackupError(
@@ -526,7 +405,7 @@ def _stop(kube: Kube, tcp: Obj, before: Dict[str, int]) -> None:
     before[sts] = core.etcd_members(tcp)
     _scale(kube, core.STATEFULSET, ns, sts, 0)
     stopped, left = kube.wait(
-        _pod_path(ns), lambda pods: not pods, HELPER_TIMEOUT, label_selector=_components(tcp)
+        oneshot.POD.path(ns), lambda pods: not pods, oneshot.TIMEOUT, label_selector=_components(tcp)
     )
     if not stopped:
         raise BackupError(f"TenantControlPlane {ns}/{name}", f"Pods still running after stop: {sorted(left)}")
@@ -567,15 +446,15 @@ def restore(
         _stop(kube, tcp, replicas)
         receive = receive_pod(tcp, imgs)
         try:
-            _run_pod(kube, receive, "Running")
+            oneshot.run(kube, receive, "Running")
             _send(kube, namespace, n["receive"], data, digest)
         finally:
-            _delete_pod(kube, namespace, n["receive"])
+            oneshot.delete(kube, namespace, n["receive"])
         try:
-            _run_pod(kube, restore_pod(tcp, imgs), "Succeeded")
+            oneshot.run(kube, restore_pod(tcp, imgs), "Succeeded")
         finally:
-            _delete_pod(kube, namespace, n["restore"])
-    except (KubeError, BackupError) as e:
+            oneshot.delete(kube, namespace, n["restore"])
+    except (KubeError, BackupError, oneshot.OneShotError) as e:
         try:
             _start(kube, tcp, replicas, timeout)
         except (KubeError, core.TenantControlPlaneError) as again:

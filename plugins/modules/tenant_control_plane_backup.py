@@ -128,7 +128,7 @@ message:
   sample: wrote a new snapshot
 """
 
-from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, tenant_backup  # noqa: E402
+from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, oneshot_pods, tenant_backup  # noqa: E402
 
 
 def main() -> None:
@@ -174,7 +174,7 @@ def main() -> None:
             "message": out.message,
         }
 
-    hn_module.run(mod, body, tenant_backup.BackupError)
+    hn_module.run(mod, body, tenant_backup.BackupError, oneshot_pods.OneShotError)
 
 
 if __name__ == "__main__":
