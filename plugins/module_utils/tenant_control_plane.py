@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 
-from ansible_collections.rhizeption.core.plugins.module_utils import pki
+from ansible_collections.rhizeption.core.plugins.module_utils import oneshot_pods, pki
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     GROUP,
@@ -87,6 +87,10 @@ CONTROLLER_MANAGER = "kube-controller-manager"
 SCHEDULER = "kube-scheduler"
 COMPONENTS = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER)
 ETCD_BACKUP = "etcd-backup"  # the helper Pods of a backup or restore, not a component
+ETCD_CLEANUP = "etcd-cleanup"  # the helper Pod that removes a deleted tenant's keys from a shared etcd
+# On a tenant with a shared etcd: its keys there are removed before it is gone, and a
+# delete that fails half-way leaves the tenant (in Deleting) for the next run to finish.
+SHARED_KEYS_FINALIZER = "hn.rhizeption.io/shared-etcd-keys"
 # spec.resources keys of each component.
 RESOURCE_KEYS = {
     ETCD: "etcd",
@@ -1752,6 +1756,9 @@ def ensure_present(
     if spec_of(want)["datastore"]["type"] == "shared":
         others, _unused = kube.list(TENANT_CONTROL_PLANE.path())
         check_shared_prefix(want, others)
+        finalizers = want["metadata"].setdefault("finalizers", [])
+        if SHARED_KEYS_FINALIZER not in finalizers:
+            finalizers.append(SHARED_KEYS_FINALIZER)
     check_names_free(kube, want, out.before)
     if (spec_of(want).get("promoteResources") or {}).get("resources"):
         neighbours, _unused = kube.list(TENANT_CONTROL_PLANE.path(ns))
@@ -1849,12 +1856,14 @@ def ensure_absent(
     name: str,
     *,
     keep_datastore: bool = False,
+    images: Mapping[str, str] | None = None,
     check_mode: bool = False,
     timeout: float = 300,
 ) -> Outcome:
     """Delete a tenant and everything it owned: its objects go with it (foreground deletion:
-    the TenantControlPlane is gone only once they are), then its etcd volumes unless
-    KEEP_DATASTORE. A tenant that does not exist, with no volumes left, is no change."""
+    the TenantControlPlane is gone only once they are), then its etcd volumes, or with a
+    shared etcd its keys there, unless KEEP_DATASTORE. A tenant that does not exist, with
+    no volumes left, is no change."""
     path = TENANT_CONTROL_PLANE.path(namespace, name)
     tcp = kube.get(path)
     out = Outcome(before=tcp)
@@ -1862,10 +1871,13 @@ def ensure_absent(
     if tcp is None and not claims:
         return out
     out.changed = True
+    shared = tcp is not None and spec_of(tcp)["datastore"]["type"] == "shared"
     if tcp is not None:
         out.deleted.append(f"TenantControlPlane {name}")
     out.deleted += [f"PersistentVolumeClaim {meta(c, 'name')}" for c in claims]
     if check_mode:
+        if shared and not keep_datastore:
+            out.deleted.append(f"the keys under {shared_prefix(tcp)}/ in the shared etcd")
         return out
     if tcp is not None:
         if not meta(tcp, "deletionTimestamp"):
@@ -1875,6 +1887,8 @@ def ensure_absent(
                 propagation="Foreground",
                 what=f"delete TenantControlPlane {namespace}/{name}",
             )
+        if SHARED_KEYS_FINALIZER in (meta(tcp, "finalizers") or []):
+            _release_shared_keys(kube, tcp, out, keep=keep_datastore, images=images, timeout=timeout)
         _wait_gone(kube, TENANT_CONTROL_PLANE.path(namespace), name, timeout, "TenantControlPlane")
     for claim in _claims(kube, namespace, name) if not keep_datastore else []:
         kube.delete(PVC.path(namespace, meta(claim, "name")), uid=meta(claim, "uid"))
@@ -1889,6 +1903,98 @@ def ensure_absent(
                 f" are still there after {timeout:.0f} s",
             )
     return out
+
+
+def _release_shared_keys(
+    kube: Kube, tcp: Obj, out: Outcome, *, keep: bool, images: Mapping[str, str] | None, timeout: float
+) -> None:
+    """Once the tenant's own objects are gone (its apiserver writes no more), remove its
+    keys from the shared etcd unless KEEP, then let the TenantControlPlane go."""
+    ns, name = meta(tcp, "namespace"), meta(tcp, "name")
+    ok, now = kube.wait(
+        TENANT_CONTROL_PLANE.path(ns),
+        lambda objs: meta(objs.get(name), "finalizers") == [SHARED_KEYS_FINALIZER],
+        timeout,
+        field_selector=f"metadata.name={name}",
+    )
+    if not ok:
+        left = sorted(set(meta(now.get(name), "finalizers") or []) - {SHARED_KEYS_FINALIZER})
+        raise TenantControlPlaneError(
+            "state", f"the objects of {ns}/{name} are still there after {timeout:.0f} s (finalizers {left})"
+        )
+    if not keep:
+        pod = shared_keys_cleanup_pod(tcp, {**default_images(spec_of(tcp)["version"]), **(images or {})})
+        pod_name = meta(pod, "name")
+        try:
+            oneshot_pods.run(kube, pod, "Succeeded", timeout)
+            removed = oneshot_pods.log(kube, ns, pod_name, ETCD_CLEANUP).strip()
+        except oneshot_pods.OneShotError as e:
+            raise TenantControlPlaneError(
+                "state",
+                f"the keys of {ns}/{name} under {shared_prefix(tcp)}/ in the shared etcd were not removed"
+                f" ({e}); the TenantControlPlane stays in Deleting until a run removes them,"
+                " or delete it with keep_datastore=true to leave them",
+            ) from e
+        finally:
+            oneshot_pods.delete(kube, ns, pod_name, wait=False)
+        out.deleted.append(f"{removed or 'the'} keys under {shared_prefix(tcp)}/ in the shared etcd")
+    current = kube.get(TENANT_CONTROL_PLANE.path(ns, name))
+    finalizers = meta(current, "finalizers") or []
+    if SHARED_KEYS_FINALIZER in finalizers:
+        index = finalizers.index(SHARED_KEYS_FINALIZER)
+        kube.json_patch(
+            TENANT_CONTROL_PLANE.path(ns, name),
+            # test first: a finalizer list that changed meanwhile is not cut at the wrong place
+            [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": SHARED_KEYS_FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+            what=f"release TenantControlPlane {ns}/{name}",
+        )
+
+
+def shared_keys_cleanup_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
+    """A Pod that runs `etcdctl del --prefix` on the tenant's key prefix in the shared etcd,
+    with the tenant's client certificate for it when it has one. etcdctl prints how many
+    keys it removed. Not owned by the tenant: it outlives the tenant's own objects."""
+    shared = spec_of(tcp)["datastore"]["shared"]
+    ns, name = meta(tcp, "namespace"), meta(tcp, "name")
+    command = ["etcdctl", f"--endpoints={','.join(shared['endpoints'])}", "--dial-timeout=10s"]
+    mounts: List[Obj] = []
+    volumes: List[Obj] = []
+    if shared.get("clientSecretName"):
+        certs = f"{PKI_DIR}/datastore-client"
+        command += [f"--cacert={certs}/ca.crt", f"--cert={certs}/tls.crt", f"--key={certs}/tls.key"]
+        mounts = [{"name": "datastore-client", "mountPath": certs, "readOnly": True}]
+        volumes = [
+            {
+                "name": "datastore-client",
+                "secret": {"secretName": shared["clientSecretName"], "defaultMode": SECRET_MODE},
+            }
+        ]
+    # The trailing slash: /tenants/blue must not take /tenants/blue2's keys with it.
+    command += ["del", "--prefix", shared_prefix(tcp).rstrip("/") + "/"]
+    container = {
+        "name": ETCD_CLEANUP,
+        "image": images[ETCD],
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    spec = _pod_spec(tcp, ETCD_CLEANUP, container, volumes, 1)
+    spec.update(restartPolicy="Never", activeDeadlineSeconds=int(oneshot_pods.TIMEOUT))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-{ETCD_CLEANUP}", "namespace": ns, "labels": labels(tcp, ETCD_CLEANUP)},
+        "spec": spec,
+    }
 
 
 def _claims(kube: Kube, namespace: str, name: str) -> List[Obj]:

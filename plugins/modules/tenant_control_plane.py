@@ -23,8 +23,8 @@ description:
   - Check mode sends every object to the API server as a dry run. It validates them and reports what would be
     created or changed, without writing. Diff mode shows the TenantControlPlane before and after. Key material
     is never returned or shown.
-  - Deleting removes the TenantControlPlane and waits until everything it owned is gone. Its etcd volumes go
-    too unless O(keep_datastore=true).
+  - Deleting removes the TenantControlPlane and waits until everything it owned is gone. Its etcd volumes, or
+    its keys in a shared etcd, go too unless O(keep_datastore=true).
 author:
   - rhizeption.core developers (@rhizeption)
 options:
@@ -60,7 +60,8 @@ options:
   images:
     description:
       - Images of the components, by component (C(etcd), C(kube-apiserver), C(kube-controller-manager),
-        C(kube-scheduler)), for example from a registry of your own.
+        C(kube-scheduler)), for example from a registry of your own. With O(state=absent) the C(etcd) image
+        runs the removal of a shared etcd's keys.
       - A component not named here runs the image C(hack/build-images) builds on this machine,
         C(localhost/rhizeption/<component>:<version>), which the host cluster's runtime must hold already.
     type: dict
@@ -95,8 +96,12 @@ options:
     type: str
   keep_datastore:
     description:
-      - With O(state=absent), keep the etcd volumes (PersistentVolumeClaims), so a tenant of the same name
-        finds its data again.
+      - With O(state=absent), keep the etcd volumes (PersistentVolumeClaims), or with a shared etcd the
+        tenant's keys under its prefix there, so a tenant of the same name finds its data again.
+      - Without it, a tenant on a shared etcd has its keys removed by a one-shot Pod that runs C(etcdctl del
+        --prefix) with the tenant's client certificate for that etcd. Until that has succeeded the
+        TenantControlPlane stays (in deletion, held by the finalizer C(hn.rhizeption.io/shared-etcd-keys)),
+        so a failed delete is finished by the next run.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -250,6 +255,7 @@ def main() -> None:
                 p["namespace"],
                 p["name"],
                 keep_datastore=p["keep_datastore"],
+                images=p["images"],
                 check_mode=mod.check_mode,
                 timeout=p["wait_timeout"],
             )

@@ -434,3 +434,130 @@ def test_delete_leaves_nothing_of_the_tenant(tenants, host, run_playbook):
     assert [o.metadata.name for o in left] == []
     del tenants["green"]
     assert os.path.exists(host["folder"])
+
+
+SHARED_ETCD = "shared-etcd"
+
+
+@pytest.fixture
+def shared_etcd(host):
+    """An etcd of the host cluster that tenants share: plain HTTP, one member, in the
+    tenants' namespace (the host admin makes it; the operator only points tenants at it)."""
+    from ansible_collections.rhizeption.core.plugins.module_utils import tenant_control_plane as tcp_core
+
+    core = host["core"]
+    url = f"http://{SHARED_ETCD}.{NAMESPACE}.svc:2379"
+    labels = {"rhizeption-test": SHARED_ETCD}
+    core.create_namespaced_service(
+        NAMESPACE,
+        {
+            "metadata": {"name": SHARED_ETCD},
+            "spec": {"selector": labels, "ports": [{"name": "client", "port": 2379}]},
+        },
+    )
+    container = {
+        "name": "etcd",
+        "image": tcp_core.default_images("v1.34.4")["etcd"],
+        "imagePullPolicy": "Never",
+        "command": [
+            "etcd",
+            "--name=shared",
+            "--data-dir=/var/lib/etcd/data",
+            "--listen-client-urls=http://0.0.0.0:2379",
+            f"--advertise-client-urls={url}",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=shared=http://127.0.0.1:2380",
+        ],
+        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/etcd"}],
+    }
+    core.create_namespaced_pod(
+        NAMESPACE,
+        {
+            "metadata": {"name": SHARED_ETCD, "labels": labels},
+            "spec": {
+                "containers": [container],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "securityContext": {"runAsUser": tcp_core.RUN_AS, "fsGroup": tcp_core.RUN_AS},
+                "terminationGracePeriodSeconds": 1,
+            },
+        },
+    )
+    try:
+
+        def healthy() -> None:
+            out = etcdctl(host, "endpoint", "health")
+            assert "is healthy" in out, out
+
+        _retry(healthy, 120)
+        yield url
+    finally:
+        core.delete_namespaced_pod(SHARED_ETCD, NAMESPACE, grace_period_seconds=0)
+        core.delete_namespaced_service(SHARED_ETCD, NAMESPACE)
+
+
+def etcdctl(host, *args: str) -> str:
+    from kubernetes.stream import stream
+
+    return stream(
+        host["core"].connect_get_namespaced_pod_exec,
+        SHARED_ETCD,
+        NAMESPACE,
+        command=["etcdctl", "--endpoints=http://127.0.0.1:2379", *args],
+        stderr=True,
+        stdout=True,
+        stdin=False,
+        tty=False,
+    )
+
+
+def test_a_tenant_on_a_shared_etcd_leaves_no_key_there_when_deleted(
+    host, run_playbook, shared_etcd, tmp_path
+):
+    """Its keys go with it, and only its keys: not those of a tenant whose prefix merely
+    starts the same, not anyone else's."""
+    prefix = f"/rhizeption/{NAMESPACE}/amber"
+    etcdctl(host, "put", f"{prefix}2/registry/a-neighbour", "stays")
+    etcdctl(host, "put", "/someone-else", "stays")
+    kubeconfig = tmp_path / "amber.kubeconfig"
+    made = apply(
+        run_playbook,
+        host,
+        name="amber",
+        namespace=NAMESPACE,
+        spec={
+            "version": "v1.34.4",
+            "exposure": {"type": "NodePort"},  # reached from this host, as the other tenants
+            "datastore": {"type": "shared", "shared": {"endpoints": [shared_etcd]}},
+        },
+        wait=True,
+        wait_timeout=300,
+        admin_kubeconfig_path=str(kubeconfig),
+    )
+    try:
+        assert made.get("failed") is not True, made.get("msg")
+        assert made["phase"] == "Ready"
+        custom = kubernetes.client.CustomObjectsApi(host["core"].api_client)
+        tcp = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "amber")
+        assert "hn.rhizeption.io/shared-etcd-keys" in tcp["metadata"]["finalizers"]
+        tenant = kubernetes.client.CoreV1Api(tenant_client(kubeconfig))
+        _retry(lambda: tenant.create_namespace({"metadata": {"name": "amber-app"}}))
+        keys = etcdctl(host, "get", "--prefix", "--keys-only", f"{prefix}/").split()
+        assert f"{prefix}/namespaces/amber-app" in keys
+
+        would = apply(run_playbook, host, "--check", name="amber", namespace=NAMESPACE, state="absent")
+        assert f"the keys under {prefix}/ in the shared etcd" in would["deleted"]
+        # None removed (the tenant's controllers go on adding theirs meanwhile).
+        assert set(keys) <= set(etcdctl(host, "get", "--prefix", "--keys-only", f"{prefix}/").split())
+    finally:
+        gone = apply(run_playbook, host, name="amber", namespace=NAMESPACE, state="absent", wait_timeout=180)
+    assert gone.get("failed") is not True, gone.get("msg")
+    removed = [d for d in gone["deleted"] if d.endswith(f"keys under {prefix}/ in the shared etcd")]
+    assert len(removed) == 1 and int(removed[0].split()[0]) >= len(keys), gone["deleted"]
+    assert etcdctl(host, "get", "--prefix", "--keys-only", f"{prefix}/").split() == []
+    assert etcdctl(host, "get", "--print-value-only", f"{prefix}2/registry/a-neighbour").strip() == "stays"
+    assert etcdctl(host, "get", "--print-value-only", "/someone-else").strip() == "stays"
+    pods = host["core"].list_namespaced_pod(NAMESPACE, label_selector=f"{TENANT_LABEL}=amber").items
+    assert [p.metadata.name for p in pods] == []
+    again = apply(run_playbook, host, name="amber", namespace=NAMESPACE, state="absent")
+    assert again["changed"] is False

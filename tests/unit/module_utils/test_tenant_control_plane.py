@@ -423,6 +423,29 @@ def test_secrets_are_mounted_read_only_from_the_named_secrets():
             assert secret_volumes["sa"] == "blue-sa"
 
 
+def test_the_shared_keys_cleanup_removes_the_tenants_prefix_with_its_client_certificate():
+    shared = {
+        "type": "shared",
+        "shared": {"endpoints": ["https://a:2379", "https://b:2379"], "prefix": "/t/blue"},
+    }
+    pod = tcpmod.shared_keys_cleanup_pod(tcp(datastore=shared), {"etcd": "reg/etcd:v3.6.16"})
+    (c,) = pod["spec"]["containers"]
+    # the trailing slash keeps /t/blue2 out of it
+    endpoints = "--endpoints=https://a:2379,https://b:2379"
+    assert c["command"] == ["etcdctl", endpoints, "--dial-timeout=10s", "del", "--prefix", "/t/blue/"]
+    assert c["image"] == "reg/etcd:v3.6.16"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "ownerReferences" not in pod["metadata"]  # it outlives the tenant's own objects
+    assert pod["metadata"]["labels"][TENANT_LABEL] == "blue"
+    shared["shared"]["clientSecretName"] = "ds-client"
+    pod = tcpmod.shared_keys_cleanup_pod(tcp(datastore=shared), {"etcd": "reg/etcd:v3.6.16"})
+    (c,) = pod["spec"]["containers"]
+    assert "--cert=/etc/kubernetes/pki/datastore-client/tls.crt" in c["command"]
+    assert pod["spec"]["volumes"] == [
+        {"name": "datastore-client", "secret": {"secretName": "ds-client", "defaultMode": 0o440}}
+    ]
+
+
 def test_shared_datastore_uses_a_prefix_and_no_etcd_of_its_own():
     shared = {"type": "shared", "shared": {"endpoints": ["https://a:2379", "https://b:2379"]}}
     objects = tcpmod.render(tcp(datastore=shared))
