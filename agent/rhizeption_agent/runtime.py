@@ -20,7 +20,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -275,6 +275,74 @@ def pod_phase(policy: str, statuses: list[Obj], *, init_done: bool, init_failed:
     return "Failed" if counts["failed"] else "Succeeded"
 
 
+class PodSnapshot:
+    """This node's runtime pods by Pod UID, listed at most every SNAPSHOT_TTL seconds for
+    the workers' resyncs (one list for all Pods instead of one per Pod and second).
+
+    No lock is held across a runtime call: under load a full list takes seconds, and a
+    worker that has just started a container must not queue behind it (that wait was most
+    of the agent's start-up overhead). What keeps a stale list from hiding a worker's own
+    action: a Pod listed on its own (``one(uid, fresh=True)``, after every action) or
+    forgotten is newer than a full list that began before, and that list keeps the newer entry.
+    """
+
+    def __init__(self, list_pods: Callable[[dict[str, str]], list[RtPod]], labels: dict[str, str]) -> None:
+        self._list = list_pods
+        self._labels = labels
+        self._lock = threading.Lock()  # guards the fields below; never held across a call
+        self._refreshing = threading.Lock()  # one full list at a time
+        self._pods: dict[str, RtPod] = {}
+        self._listed_at: float | None = None
+        self._own_at: dict[str, float] = {}  # when a Pod was last listed on its own or forgotten
+
+    def all(self, fresh: bool = False) -> dict[str, RtPod]:
+        with self._lock:
+            listed_at = self._listed_at
+            if not fresh and listed_at is not None and time.monotonic() - listed_at <= SNAPSHOT_TTL:
+                return dict(self._pods)
+        # A resync may make do with the last list while another thread lists (what that
+        # finds is no newer than what the workers recorded themselves); a first list and
+        # a fresh one wait for their own.
+        if not self._refreshing.acquire(blocking=fresh or listed_at is None):
+            with self._lock:
+                return dict(self._pods)
+        try:
+            began = time.monotonic()
+            listed = {p.labels[LABEL_UID]: p for p in self._list(self._labels) if LABEL_UID in p.labels}
+            with self._lock:
+                for uid, at in list(self._own_at.items()):
+                    if at > began:
+                        if uid in self._pods:
+                            listed[uid] = self._pods[uid]
+                        else:
+                            listed.pop(uid, None)
+                    elif began - at > 60:
+                        del self._own_at[uid]
+                self._pods, self._listed_at = listed, began
+                return dict(listed)
+        finally:
+            self._refreshing.release()
+
+    def one(self, uid: str, fresh: bool = False) -> RtPod | None:
+        if not fresh:
+            return self.all().get(uid)
+        began = time.monotonic()
+        found = self._list({**self._labels, LABEL_UID: uid})
+        with self._lock:
+            if self._own_at.get(uid, began) <= began:
+                self._own_at[uid] = began
+                if found:
+                    self._pods[uid] = found[0]
+                else:
+                    self._pods.pop(uid, None)
+        return found[0] if found else None
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._own_at[uid] = time.monotonic()
+            self._pods.pop(uid, None)
+
+
 class RuntimeProvider:
     """The Provider (provider.py) that runs Pods on a ContainerRuntime."""
 
@@ -302,9 +370,7 @@ class RuntimeProvider:
         self.allocatable = allocatable or {}
         self.volume_resync = 5.0
         self._runs: dict[str, PodRun] = {}
-        self._snapshot: dict[str, RtPod] = {}
-        self._snapshot_at = 0.0
-        self._lock = threading.Lock()
+        self._snapshot = PodSnapshot(runtime.list_pods, self.labels)
 
     # -- the node ------------------------------------------------------------------
     def facts(self) -> NodeFacts:
@@ -324,23 +390,10 @@ class RuntimeProvider:
         ]
 
     def _pods(self, fresh: bool = False) -> dict[str, RtPod]:
-        with self._lock:
-            if fresh or time.monotonic() - self._snapshot_at > SNAPSHOT_TTL:
-                pods = self.runtime.list_pods(self.labels)
-                self._snapshot = {p.labels[LABEL_UID]: p for p in pods if LABEL_UID in p.labels}
-                self._snapshot_at = time.monotonic()
-            return dict(self._snapshot)
+        return self._snapshot.all(fresh)
 
     def _pod(self, uid: str, fresh: bool = False) -> RtPod | None:
-        if not fresh:
-            return self._pods().get(uid)
-        pods = self.runtime.list_pods({**self.labels, LABEL_UID: uid})
-        with self._lock:
-            if pods:
-                self._snapshot[uid] = pods[0]
-            else:
-                self._snapshot.pop(uid, None)
-        return pods[0] if pods else None
+        return self._snapshot.one(uid, fresh)
 
     # -- one step of one Pod -----------------------------------------------------------
     def sync(self, pod: Obj, emit: EventSink) -> Obj:
@@ -951,8 +1004,7 @@ class RuntimeProvider:
             self.runtime.remove_pod(rtpod.id)
         self.volumes.teardown(uid)
         self._runs.pop(uid, None)
-        with self._lock:
-            self._snapshot.pop(uid, None)
+        self._snapshot.forget(uid)
 
     def _stop_quietly(self, cid: str, grace: int) -> None:
         try:
@@ -976,8 +1028,7 @@ class RuntimeProvider:
             self.runtime.remove_pod(rtpod.id)
         self.volumes.teardown(uid)
         self._runs.pop(uid, None)
-        with self._lock:
-            self._snapshot.pop(uid, None)
+        self._snapshot.forget(uid)
 
     # -- reaching containers -------------------------------------------------------------
     def _find(self, pod: Obj, container: str, previous: bool = False) -> RtContainer:
