@@ -45,12 +45,13 @@ def test_a_crashing_container_backs_off_with_growing_delays(agent, core, ns):
         if cs is None:
             return None
         last = cs.last_state.terminated if cs.last_state else None
-        if cs.state.running:
-            starts.setdefault(cs.restart_count, cs.state.running.started_at)
+        if cs.state.running or cs.state.terminated:
+            current = cs.state.running or cs.state.terminated
+            starts.setdefault(cs.restart_count, current.started_at)
+            # The run before this one: the only sight of it when it ended between two looks
+            # (the first restart comes at once), without this the wait never ended.
             if last is not None:
                 starts.setdefault(cs.restart_count - 1, last.started_at)
-        elif cs.state.terminated:
-            starts.setdefault(cs.restart_count, cs.state.terminated.started_at)
         elif cs.state.waiting and last is not None:
             # In back-off, lastState is the run that just ended: the latest attempt.
             starts.setdefault(cs.restart_count, last.started_at)
