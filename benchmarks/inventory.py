@@ -54,7 +54,6 @@ def _env() -> dict[str, str]:
 
 # -- the rig and its 10,000 machines ------------------------------------------------------
 def _kube(kubeconfig: Path):
-    sys.path.insert(0, str(REPO / ".collections"))
     import kubernetes  # noqa: PLC0415 - only the parent process needs a client
     from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube  # noqa: PLC0415
 

@@ -32,7 +32,6 @@ from . import common
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-sys.path.insert(0, str(REPO / "agent"))
 from petagent import (  # noqa: E402
     HOST_IMAGE,
     PAUSE_IMAGE,
