@@ -13,6 +13,7 @@ from . import (
     rig_start,
     service_proxy,
     tenant_control_plane,
+    tenant_density,
 )
 
 BENCHMARKS = {
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "hosted_node": hosted_node,
     "pet_agent": pet_agent,
     "host_cluster": host_cluster,
+    "tenant_density": tenant_density,
 }
 
 

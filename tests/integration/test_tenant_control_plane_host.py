@@ -24,6 +24,7 @@ from conftest import PLAYBOOKS
 from riglib import toolchain
 
 import benchmarks.tenant_control_plane
+import benchmarks.tenant_density
 
 GROUP, VERSION, PLURAL = "hn.rhizeption.io", "v1alpha1", "tenantcontrolplanes"
 TENANT_LABEL = "hn.rhizeption.io/tenant"
@@ -436,64 +437,18 @@ def test_delete_leaves_nothing_of_the_tenant(tenants, host, run_playbook):
     assert os.path.exists(host["folder"])
 
 
-SHARED_ETCD = "shared-etcd"
+SHARED_ETCD = benchmarks.tenant_density.SHARED_ETCD
 
 
 @pytest.fixture
 def shared_etcd(host):
     """An etcd of the host cluster that tenants share: plain HTTP, one member, in the
     tenants' namespace (the host admin makes it; the operator only points tenants at it)."""
-    from ansible_collections.rhizeption.core.plugins.module_utils import tenant_control_plane as tcp_core
-
-    core = host["core"]
-    url = f"http://{SHARED_ETCD}.{NAMESPACE}.svc:2379"
-    labels = {"rhizeption-test": SHARED_ETCD}
-    core.create_namespaced_service(
-        NAMESPACE,
-        {
-            "metadata": {"name": SHARED_ETCD},
-            "spec": {"selector": labels, "ports": [{"name": "client", "port": 2379}]},
-        },
-    )
-    container = {
-        "name": "etcd",
-        "image": tcp_core.default_images("v1.34.4")["etcd"],
-        "imagePullPolicy": "Never",
-        "command": [
-            "etcd",
-            "--name=shared",
-            "--data-dir=/var/lib/etcd/data",
-            "--listen-client-urls=http://0.0.0.0:2379",
-            f"--advertise-client-urls={url}",
-            "--listen-peer-urls=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=shared=http://127.0.0.1:2380",
-        ],
-        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/etcd"}],
-    }
-    core.create_namespaced_pod(
-        NAMESPACE,
-        {
-            "metadata": {"name": SHARED_ETCD, "labels": labels},
-            "spec": {
-                "containers": [container],
-                "volumes": [{"name": "data", "emptyDir": {}}],
-                "securityContext": {"runAsUser": tcp_core.RUN_AS, "fsGroup": tcp_core.RUN_AS},
-                "terminationGracePeriodSeconds": 1,
-            },
-        },
-    )
+    url = benchmarks.tenant_density.shared_etcd(host["core"], NAMESPACE)
     try:
-
-        def healthy() -> None:
-            out = etcdctl(host, "endpoint", "health")
-            assert "is healthy" in out, out
-
-        _retry(healthy, 120)
         yield url
     finally:
-        core.delete_namespaced_pod(SHARED_ETCD, NAMESPACE, grace_period_seconds=0)
-        core.delete_namespaced_service(SHARED_ETCD, NAMESPACE)
+        benchmarks.tenant_density.remove_shared_etcd(host["core"], NAMESPACE)
 
 
 def etcdctl(host, *args: str) -> str:

@@ -45,7 +45,7 @@ def test_a_full_list_that_began_before_a_workers_own_look_keeps_the_newer_entry(
     rt.pods["a"] = pod("a")
     snap = PodSnapshot(rt.list_pods, {})
     rt.hold.clear()
-    t, out = in_thread(lambda: snap.all(fresh=True))
+    t, _out = in_thread(lambda: snap.all(fresh=True))
     assert rt.listing.wait(5)
     rt.pods["a"] = pod("a", containers=1)  # the worker starts a container...
     assert len(snap.one("a", fresh=True).containers) == 1  # ...and looks
