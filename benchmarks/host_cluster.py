@@ -4,7 +4,10 @@
 - Pod startup latency of 30 Pods, the way Kubernetes' Pod-startup SLO defines it: from the
   create call to all containers running as a watch reports it, images already present;
   the baseline is the create-to-watch-event latency of 30 ConfigMaps on the same API server;
-- resident memory of kube-apiserver and of each kubelet after the Pods started.
+- resident memory of kube-apiserver and of each kubelet after the Pods started;
+- resident memory of the worker's node processes (containerd, shims, kubelet, kube-proxy)
+  idle and with 10 Pods: the role-installed baseline the hosted_node benchmark's figures
+  are read against (issue #9).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from kubernetes import client, config, watch
 
 from . import common
+from .hosted_node import NODE_PROCESSES
 
 SCENARIO = "host_cluster"
 HOSTS = {"hc-cp": "rhizeption-molecule-host-cluster-hc-cp", "hc-w1": "rhizeption-molecule-host-cluster-hc-w1"}
@@ -42,13 +46,43 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def rss_mb(container: str, process: str) -> float:
+    """MiB of RSS of the processes named PROCESS in CONTAINER (0 when none runs: ps then
+    exits 1 with nothing printed)."""
     out = subprocess.run(
         ["podman", "exec", container, "ps", "-o", "rss=", "-C", process],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     ).stdout
     return sum(int(v) for v in out.split()) / 1024
+
+
+def node_rss(container: str) -> float:
+    """MiB of RSS of the node processes in CONTAINER, as hosted_node counts them."""
+    return sum(rss_mb(container, name) for name in NODE_PROCESSES)
+
+
+def worker_rss_with_pods(kubeconfig: Path, node: str, pods: int = 10) -> float:
+    """The worker's node processes' RSS with PODS Pods running on it."""
+    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    ns = f"bench-rss-{uuid.uuid4().hex[:6]}"
+    api.create_namespace({"metadata": {"name": ns}})
+    try:
+        for i in range(pods):
+            ctr = {"name": "c", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}
+            spec = {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [ctr]}
+            api.create_namespaced_pod(ns, {"metadata": {"name": f"rss-{i}"}, "spec": spec})
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if sum(p.status.phase == "Running" for p in api.list_namespaced_pod(ns).items) == pods:
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"{pods} Pods not running on {node} after 180 s")
+        time.sleep(10)  # as hosted_node: a few kubelet sync loops
+        return node_rss(HOSTS[node])
+    finally:
+        api.delete_namespace(ns)
 
 
 def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
@@ -150,9 +184,12 @@ def run() -> dict:
             create_s = molecule("create", "-s", SCENARIO)
             converge_s = molecule("converge", "-s", SCENARIO, *extra)
             noop_s = molecule("converge", "-s", SCENARIO, *extra)
+            time.sleep(10)
+            worker_idle = node_rss(HOSTS["hc-w1"])
             lat = watch_latencies(kubeconfig)
             rss = {"kube-apiserver@hc-cp": rss_mb(HOSTS["hc-cp"], "kube-apiserver")}
             rss |= {f"kubelet@{h}": rss_mb(c, "kubelet") for h, c in HOSTS.items()}
+            worker_ten = worker_rss_with_pods(kubeconfig, "hc-w1")
         finally:
             molecule("destroy", "-s", SCENARIO)
     pod, cm = lat["pod"], lat["cm"]
@@ -170,6 +207,7 @@ def run() -> dict:
             "samples_s": pod,
         },
         "rss_mb": rss,
+        "worker_node_processes_rss_mib": {"idle": worker_idle, "ten_pods": worker_ten},
     }
 
 
@@ -194,4 +232,8 @@ def report(result: dict) -> str:
     )
     for name, mb in result["rss_mb"].items():
         rows.append([f"RSS {name} (MB)", f"{mb:.0f}", "", ""])
+    w = result["worker_node_processes_rss_mib"]
+    rows.append(
+        ["RSS hc-w1 node processes idle / 10 Pods (MiB)", f"{w['idle']:.0f} / {w['ten_pods']:.0f}", "", ""]
+    )
     return common.table(rows)
