@@ -196,6 +196,12 @@ def ensure_present(
     out = Outcome(before=kube.get(path))
     if meta(out.before, "deletionTimestamp"):
         raise ClusterError(f"HnCluster {ns}/{name} is being deleted; wait for it to go, then create it again")
+    # The tenant first: when it cannot take nodes, nothing is written to the host cluster (no
+    # HnCluster without machines, no machine without bootstrap data).
+    creds = None
+    if tenant is not None:
+        hosted_node.check_tenant(tenant)
+        creds = hosted_node.tenant_credentials(tenant, desired, check_mode=check_mode)
     cluster = kube.apply(path, desired, dry_run=check_mode, what=f"HnCluster {ns}/{name}")
     replicas = int(cluster["spec"].get("replicas", 1))
     check_name(name, replicas)
@@ -204,7 +210,6 @@ def ensure_present(
     out.plan = plan_scale(name, replicas, machines)
     out.changed = out.changed or bool(out.plan.create or out.plan.delete)
     out.after = cluster
-    creds = hosted_node.tenant_credentials(tenant, cluster, check_mode=check_mode) if tenant else None
     if check_mode:
         out.machines = machines
         return out
@@ -306,6 +311,9 @@ def ensure_absent(
     if cluster is None:
         return out
     out.changed = True
+    if tenant is not None:
+        # Draining needs the tenant: find out before the first machine is marked Deleting.
+        hosted_node.check_tenant(tenant, fix=hosted_node.DELETE_WITHOUT_TENANT)
     machines = list_machines(kube, namespace, name)
     out.plan = plan_scale(name, 0, machines)
     if check_mode:

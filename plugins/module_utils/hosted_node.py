@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import secrets
 import string
 import time
@@ -346,6 +347,44 @@ def tenant_kube(kubeconfig: str) -> Kube:
         return Kube(kubernetes.config.new_client_from_config(kubeconfig))
     except (kubernetes.config.ConfigException, OSError) as e:
         raise BootstrapError(f"tenant_kubeconfig: cannot use {kubeconfig}: {e}") from None
+
+
+TENANT_FIX = (
+    "start or repair the tenant control plane (its TenantControlPlane must be Ready), or name the"
+    " right one in tenant_kubeconfig, then run again; nothing was written to the host cluster"
+)
+DELETE_WITHOUT_TENANT = (
+    "start or repair the tenant control plane, then run again; to delete without draining the"
+    " Nodes, leave tenant_kubeconfig out. Nothing was deleted"
+)
+# (connect, read) seconds for the readiness check: a tenant that drops packets fails fast.
+TENANT_CHECK_TIMEOUT = (5.0, 15.0)
+
+
+def check_tenant(tenant: Kube, *, fix: str = TENANT_FIX) -> None:
+    """Raise BootstrapError, naming the tenant's API server and FIX, unless it answers /readyz
+    with ok. Called before anything is written, so a tenant that is down leaves nothing
+    half-made in the host cluster."""
+    import urllib3  # noqa: PLC0415 (with the kubernetes client, imported where a request is made)
+
+    where = f"tenant_kubeconfig: the tenant control plane at {tenant.host}"
+    try:
+        tenant.request(
+            "GET", "/readyz", stream=True, timeout=TENANT_CHECK_TIMEOUT, what="/readyz"
+        ).release_conn()
+    except KubeError as e:
+        if e.status == 0:  # the client's own failure (TLS): it never got an answer
+            raise BootstrapError(f"{where} cannot be reached ({e.reason.splitlines()[-1]}): {fix}") from None
+        # /readyz lists its checks, "[-]name failed: ..." for the failing ones.
+        failing = [line[3:] for line in str(e).splitlines() if line.startswith("[-]")]
+        detail = "; ".join(failing) or str(e).splitlines()[0]
+        raise BootstrapError(f"{where} is not ready ({e.status}: {detail}): {fix}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        # urllib3 wraps the cause (connection refused, timeout, TLS) in a MaxRetryError.
+        cause = str(getattr(e, "reason", None) or e)
+        # Only the why: "<HTTPSConnection object at 0x..>: why" or "HTTPSConnection(host=..): why".
+        cause = re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", cause)
+        raise BootstrapError(f"{where} cannot be reached ({cause}): {fix}") from None
 
 
 def tenant_ca(tenant: Kube) -> str:
