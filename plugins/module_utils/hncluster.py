@@ -259,6 +259,8 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
     every machine is ready; fail early when one fails."""
     ns, name = cluster["metadata"]["namespace"], cluster["metadata"]["name"]
     by_name = {m["metadata"]["name"]: m for m in machines}
+    # Blocked before the wait: this run may just have fixed the cause (rewritten the Secret).
+    suspects = {n for n, m in by_name.items() if hnmachine.blocked(m)}
 
     def on_event(pods: Dict[str, Obj]) -> None:
         for mname, machine in by_name.items():
@@ -266,17 +268,24 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
                 kube, machine, hnmachine.derive_status(machine, pods.get(mname))
             )
 
-    def done(_pods: Dict[str, Obj]) -> bool:
+    def done(grace_over: bool) -> bool:
         return all(
-            status_of(m).get("ready") or status_of(m).get("phase") == "Failed" for m in by_name.values()
+            status_of(m).get("ready") or hnmachine.settled(m, n in suspects, grace_over)
+            for n, m in by_name.items()
         )
 
-    ok, _unused = kube.wait(
-        POD.path(ns), done, timeout, label_selector=f"{CLUSTER_LABEL}={name}", on_event=on_event
+    ok = hnmachine.wait_past_blocked(
+        kube,
+        POD.path(ns),
+        done,
+        timeout,
+        bool(suspects),
+        label_selector=f"{CLUSTER_LABEL}={name}",
+        on_event=on_event,
     )
     machines = list(by_name.values())
     failed = [
-        f"{m['metadata']['name']} ({status_of(m).get('failureReason')})"
+        f"{m['metadata']['name']} ({hnmachine.failure_text(m)})"
         for m in machines
         if status_of(m).get("phase") == "Failed"
     ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import test_hnmachine as hnm
 import urllib3
-from ansible_collections.rhizeption.core.plugins.module_utils import hncluster, hosted_node
+from ansible_collections.rhizeption.core.plugins.module_utils import hncluster, hnmachine, hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import DELETE_MACHINE_ANNOTATION
 
 NOW = "2026-11-23T10:00:00Z"
@@ -110,7 +111,19 @@ def test_a_cluster_being_deleted_says_so():
     assert status["phase"] == "Deleting"
 
 
-# -- bad input: a tenant that cannot take nodes --------------------------------------
+# -- bad input: what the wait and the tenant check do --------------------------------------
+def test_wait_ready_gives_blocked_machines_the_grace_then_names_their_cause(monkeypatch):
+    monkeypatch.setattr(hnmachine, "BLOCKED_GRACE", 7.0)
+    cl = {"metadata": {"name": "blue", "namespace": "tenants"}, "spec": {"replicas": 1}}
+    blocked = hnm.pod("Pending", scheduled=True, waiting=hnm.NEVER_PULL)
+    stuck = [{"blue-0": blocked}]
+    kube = hnm.ScriptedPods(stuck, stuck)
+    monkeypatch.setattr(hncluster, "write_status", lambda *_args: None)
+    with pytest.raises(hncluster.ClusterError, match=r'blue-0 \(ErrImageNeverPull: Container image "x"'):
+        hncluster.wait_ready(kube, cl, [hnm.with_status(hnm.machine(), blocked)], timeout=300)
+    assert kube.timeouts[0] == 7.0
+
+
 class Unreachable:
     """A tenant whose API server does not answer."""
 
