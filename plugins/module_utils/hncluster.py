@@ -231,10 +231,15 @@ def ensure_present(
     for i, machine in enumerate(machines):
         if meta(machine, "deletionTimestamp"):
             continue
+        written = ""
         if creds is not None and (machine["spec"].get("bootstrap") or {}).get("dataSecretName"):
             _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, machine, creds)
-            out.changed = out.changed or written
-        pod, created = hnmachine.ensure_pod(kube, machine, cluster, timeout)
+            out.changed = out.changed or bool(written)
+        # A node container that is down while its bootstrap Secret was missing could not start
+        # (CreateContainerConfigError): with the Secret back, it gets a new Pod.
+        pod, created = hnmachine.ensure_pod(
+            kube, machine, cluster, timeout, replace_stopped=written == "created"
+        )
         out.changed = out.changed or created
         machines[i] = hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod))
     if wait:

@@ -429,7 +429,7 @@ def ensure_present(
         applied = write_status(kube, applied, derive_status(applied, None))
     if creds is not None:
         _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, applied, creds)
-        out.changed = out.changed or written
+        out.changed = out.changed or bool(written)
     pod, out.pod_created = ensure_pod(kube, applied, cluster, timeout, created_machine=out.before is None)
     out.changed = out.changed or out.pod_created
     out.after = write_status(kube, applied, derive_status(applied, pod))
@@ -439,10 +439,17 @@ def ensure_present(
 
 
 def ensure_pod(
-    kube: Kube, machine: Obj, cluster: Obj, timeout: float, *, created_machine: bool = False
+    kube: Kube,
+    machine: Obj,
+    cluster: Obj,
+    timeout: float,
+    *,
+    created_machine: bool = False,
+    replace_stopped: bool = False,
 ) -> Tuple[Obj, bool]:
     """The machine's node Pod, created when missing: (pod, created). A Pod is never
-    changed in place (most of its spec is immutable): the machine is replaced instead."""
+    changed in place (most of its spec is immutable): the machine is replaced instead.
+    REPLACE_STOPPED: a Pod whose node container does not run is replaced by a new one."""
     ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
     pod = kube.get(POD.path(ns, name))
     if pod is not None and not meta(pod, "deletionTimestamp"):
@@ -451,7 +458,11 @@ def ensure_pod(
                 f"Pod {ns}/{name} exists but does not belong to HnMachine {ns}/{name};"
                 " remove that Pod or give the machine another name"
             )
-        return pod, False
+        if not (replace_stopped and not _container_running(pod)):
+            return pod, False
+        # Nothing runs in it to lose, and the kubelet would start its container again only
+        # after its crash back-off (up to 5 min); a new Pod starts now.
+        kube.delete(POD.path(ns, name), uid=pod["metadata"]["uid"], what=f"replace the node Pod {ns}/{name}")
     if pod is not None:
         _wait_gone(kube, POD.path(ns), name, timeout)
     try:

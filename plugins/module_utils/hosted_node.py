@@ -471,8 +471,9 @@ def tenant_credentials(
 
 def ensure_bootstrap_secret(
     host: Kube, cluster: Obj, machine: Obj, creds: TenantCredentials, *, check_mode: bool = False
-) -> Tuple[str, bool]:
-    """MACHINE's bootstrap Secret in the host cluster, current: (its name, changed)."""
+) -> Tuple[str, str]:
+    """MACHINE's bootstrap Secret in the host cluster, current: (its name, what was done:
+    "created" when it was missing, "updated", or "" when it was current)."""
     template = cluster["spec"].get("machineTemplate") or {}
     files = render_bootstrap_files(
         machine,
@@ -488,7 +489,7 @@ def ensure_bootstrap_secret(
     path = SECRET.path(ns, name)
     before = host.get(path)
     if before is not None and (before.get("data") or {}) == desired["data"]:
-        return name, False
+        return name, ""
     try:
         host.apply(path, desired, dry_run=check_mode, what=f"the bootstrap Secret {ns}/{name}")
     except KubeError as e:
@@ -496,7 +497,7 @@ def ensure_bootstrap_secret(
         raise BootstrapError(
             f"cannot write the bootstrap Secret {ns}/{name}: {e.status} {e.reason}"
         ) from None
-    return name, True
+    return name, "created" if before is None else "updated"
 
 
 # -- the tenant's Nodes ------------------------------------------------------------------------

@@ -343,3 +343,52 @@ def test_a_machine_that_becomes_blocked_during_the_wait_fails_at_once():
     with pytest.raises(hnmachine.MachineError, match="ErrImageNeverPull"):
         hnmachine.wait_for_phase(kube, m, "Running", timeout=300)
     assert kube.timeouts == [pytest.approx(300)]
+
+
+class PodStore:
+    """kube.get/delete/request/wait on one node Pod, recording what was done to it."""
+
+    def __init__(self, the_pod):
+        self.pod = the_pod
+        self.done = []
+
+    def get(self, _path):
+        return self.pod
+
+    def delete(self, _path, uid=None, **_kwargs):
+        self.done.append(("delete", uid))
+        self.pod = None
+
+    def wait(self, _path, done, _timeout, **_kwargs):
+        return done({}), {}
+
+    def request(self, method, _path, body=None, **_kwargs):
+        self.done.append((method, body["metadata"]["name"]))
+        self.pod = body
+        return body
+
+
+def owned_pod(m, **kwargs):
+    p = pod(**kwargs)
+    p["metadata"]["uid"] = "pod-uid"
+    p["metadata"]["ownerReferences"] = [{"uid": m["metadata"]["uid"]}]
+    return p
+
+
+def test_a_stopped_node_pod_is_replaced_only_when_asked():
+    m = machine()
+    config_error = {"reason": "CreateContainerConfigError", "message": 'secret "blue-0-bootstrap" not found'}
+    kube = PodStore(owned_pod(m, phase="Running", waiting=config_error))
+    _unused, created = hnmachine.ensure_pod(kube, m, cluster(), 30)
+    assert (created, kube.done) == (False, [])
+    _unused, created = hnmachine.ensure_pod(kube, m, cluster(), 30, replace_stopped=True)
+    assert created and kube.done == [("delete", "pod-uid"), ("POST", "blue-0")]
+
+
+def test_a_running_node_pod_is_never_replaced():
+    m = machine()
+    running = owned_pod(m, phase="Running")
+    running["status"]["containerStatuses"] = [{"name": "node", "state": {"running": {}}}]
+    kube = PodStore(running)
+    assert hnmachine.ensure_pod(kube, m, cluster(), 30, replace_stopped=True) == (running, False)
+    assert kube.done == []

@@ -149,3 +149,24 @@ def test_an_unreachable_tenant_is_named_with_the_reason_only():
         hn.check_tenant(Tenant(urllib3.exceptions.MaxRetryError(None, "/readyz", refused)))
     assert "10.89.0.1:6443 cannot be reached (Failed to establish a new connection: refused)" in str(e.value)
     assert "HTTPSConnection" not in str(e.value)
+
+
+class SecretStore:
+    def __init__(self, secret=None):
+        self.secret = secret
+
+    def get(self, _path):
+        return self.secret
+
+    def apply(self, _path, obj, **_kwargs):
+        self.secret = obj
+        return obj
+
+
+def test_the_bootstrap_secret_says_whether_it_was_created_updated_or_current():
+    creds = hn.TenantCredentials(ca_pem="CA", bootstrap_token="abcdef.0123456789abcdef", kube_proxy_token="p")
+    host = SecretStore()
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds) == ("blue-0-bootstrap", "created")
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == ""
+    creds.bootstrap_token = "ghijkl.0123456789abcdef"  # a new token after the old one expired
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == "updated"
