@@ -349,9 +349,10 @@ def tenant_kube(kubeconfig: str) -> Kube:
         raise BootstrapError(f"tenant_kubeconfig: cannot use {kubeconfig}: {e}") from None
 
 
+NOTHING_WRITTEN = "nothing was written to the host cluster"
 TENANT_FIX = (
     "start or repair the tenant control plane (its TenantControlPlane must be Ready), or name the"
-    " right one in tenant_kubeconfig, then run again; nothing was written to the host cluster"
+    f" right one in tenant_kubeconfig, then run again; {NOTHING_WRITTEN}"
 )
 DELETE_WITHOUT_TENANT = (
     "start or repair the tenant control plane, then run again; to delete without draining the"
@@ -392,8 +393,9 @@ def tenant_ca(tenant: Kube) -> str:
     cm = tenant.get(CONFIGMAP.path("kube-system", "kube-root-ca.crt"))
     if not cm or not (cm.get("data") or {}).get("ca.crt"):
         raise BootstrapError(
-            "the tenant has no kube-system/kube-root-ca.crt ConfigMap yet: is its controller-manager"
-            " running? Wait until the tenant control plane is Ready"
+            f"tenant_kubeconfig: the tenant control plane at {tenant.host} has no"
+            " kube-system/kube-root-ca.crt ConfigMap yet: is its controller-manager running?"
+            f" Wait until it is Ready, then run again; {NOTHING_WRITTEN}"
         )
     return cm["data"]["ca.crt"]
 
