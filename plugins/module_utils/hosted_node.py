@@ -450,8 +450,9 @@ def kube_proxy_token(tenant: Kube, *, timeout: float = 30) -> str:
     )
     if not ok:
         raise BootstrapError(
-            f"the tenant's token controller did not fill kube-system/{KUBE_PROXY_TOKEN_SECRET} in"
-            f" {timeout:.0f} s: is its controller-manager running?"
+            f"tenant_kubeconfig: the token controller of the tenant control plane at {tenant.host} did"
+            f" not fill kube-system/{KUBE_PROXY_TOKEN_SECRET} in {timeout:.0f} s: is its"
+            f" controller-manager running? Wait until it is Ready, then run again; {NOTHING_WRITTEN}"
         )
     return base64.b64decode(objs[KUBE_PROXY_TOKEN_SECRET]["data"]["token"]).decode()
 
