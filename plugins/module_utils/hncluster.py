@@ -196,6 +196,12 @@ def ensure_present(
     out = Outcome(before=kube.get(path))
     if meta(out.before, "deletionTimestamp"):
         raise ClusterError(f"HnCluster {ns}/{name} is being deleted; wait for it to go, then create it again")
+    # The tenant first: when it cannot take nodes, nothing is written to the host cluster (no
+    # HnCluster without machines, no machine without bootstrap data).
+    creds = None
+    if tenant is not None:
+        hosted_node.check_tenant(tenant)
+        creds = hosted_node.tenant_credentials(tenant, desired, check_mode=check_mode)
     cluster = kube.apply(path, desired, dry_run=check_mode, what=f"HnCluster {ns}/{name}")
     replicas = int(cluster["spec"].get("replicas", 1))
     check_name(name, replicas)
@@ -204,7 +210,6 @@ def ensure_present(
     out.plan = plan_scale(name, replicas, machines)
     out.changed = out.changed or bool(out.plan.create or out.plan.delete)
     out.after = cluster
-    creds = hosted_node.tenant_credentials(tenant, cluster, check_mode=check_mode) if tenant else None
     if check_mode:
         out.machines = machines
         return out
@@ -226,10 +231,15 @@ def ensure_present(
     for i, machine in enumerate(machines):
         if meta(machine, "deletionTimestamp"):
             continue
+        written = ""
         if creds is not None and (machine["spec"].get("bootstrap") or {}).get("dataSecretName"):
             _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, machine, creds)
-            out.changed = out.changed or written
-        pod, created = hnmachine.ensure_pod(kube, machine, cluster, timeout)
+            out.changed = out.changed or bool(written)
+        # A node container that is down while its bootstrap Secret was missing could not start
+        # (CreateContainerConfigError): with the Secret back, it gets a new Pod.
+        pod, created = hnmachine.ensure_pod(
+            kube, machine, cluster, timeout, replace_stopped=written == "created"
+        )
         out.changed = out.changed or created
         machines[i] = hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod))
     if wait:
@@ -254,6 +264,8 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
     every machine is ready; fail early when one fails."""
     ns, name = cluster["metadata"]["namespace"], cluster["metadata"]["name"]
     by_name = {m["metadata"]["name"]: m for m in machines}
+    # Blocked before the wait: this run may just have fixed the cause (rewritten the Secret).
+    suspects = {n for n, m in by_name.items() if hnmachine.blocked(m)}
 
     def on_event(pods: Dict[str, Obj]) -> None:
         for mname, machine in by_name.items():
@@ -261,17 +273,24 @@ def wait_ready(kube: Kube, cluster: Obj, machines: List[Obj], timeout: float) ->
                 kube, machine, hnmachine.derive_status(machine, pods.get(mname))
             )
 
-    def done(_pods: Dict[str, Obj]) -> bool:
+    def done(grace_over: bool) -> bool:
         return all(
-            status_of(m).get("ready") or status_of(m).get("phase") == "Failed" for m in by_name.values()
+            status_of(m).get("ready") or hnmachine.settled(m, n in suspects, grace_over)
+            for n, m in by_name.items()
         )
 
-    ok, _unused = kube.wait(
-        POD.path(ns), done, timeout, label_selector=f"{CLUSTER_LABEL}={name}", on_event=on_event
+    ok = hnmachine.wait_past_blocked(
+        kube,
+        POD.path(ns),
+        done,
+        timeout,
+        bool(suspects),
+        label_selector=f"{CLUSTER_LABEL}={name}",
+        on_event=on_event,
     )
     machines = list(by_name.values())
     failed = [
-        f"{m['metadata']['name']} ({status_of(m).get('failureReason')})"
+        f"{m['metadata']['name']} ({hnmachine.failure_text(m)})"
         for m in machines
         if status_of(m).get("phase") == "Failed"
     ]
@@ -306,6 +325,9 @@ def ensure_absent(
     if cluster is None:
         return out
     out.changed = True
+    if tenant is not None:
+        # Draining needs the tenant: find out before the first machine is marked Deleting.
+        hosted_node.check_tenant(tenant, fix=hosted_node.DELETE_WITHOUT_TENANT)
     machines = list_machines(kube, namespace, name)
     out.plan = plan_scale(name, 0, machines)
     if check_mode:

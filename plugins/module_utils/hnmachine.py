@@ -10,9 +10,10 @@ ensure_*   apply/wait: server-side apply, watches, status through the status sub
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from ansible_collections.rhizeption.core.plugins.module_utils import hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
@@ -39,8 +40,14 @@ from ansible_collections.rhizeption.core.plugins.module_utils.kube import POD, K
 # Maps merged key by key when a machine overrides its cluster's template; every other
 # field of the machine's template replaces the cluster's.
 MERGED_TEMPLATE_MAPS = ("nodeLabels", "podLabels", "nodeSelector")
-# Container states that will not get better by waiting.
+# Container states that will not get better by waiting alone: the machine is Failed until
+# someone fixes the cause (a missing image or Secret), then the host's kubelet starts it.
 TERMINAL_WAITING_REASONS = ("ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError")
+# The host's kubelet tries a container it could not create again every 10-15 s (its pod
+# workers' back-off, kubelet.go backOffPeriod + jitter). A wait gives a machine that was already
+# blocked when the wait began this long to show whether its cause was fixed just before, so the
+# run that restores a Secret or an image does not fail on what the Pod said a moment earlier.
+BLOCKED_GRACE = 20.0
 # How far a machine has come; a wait for one phase is satisfied by any later one.
 PROGRESS = {"Pending": 0, "Provisioning": 1, "Running": 2, "Ready": 3}
 
@@ -336,6 +343,24 @@ def _node_ready(node: Obj | None) -> bool:
     return False
 
 
+def blocked(machine: Obj) -> bool:
+    """Failed on a cause the host's kubelet retries (TERMINAL_WAITING_REASONS): fixing the
+    cause is enough, the machine recovers with the same Pod."""
+    st = status_of(machine)
+    return st.get("phase") == "Failed" and st.get("failureReason") in TERMINAL_WAITING_REASONS
+
+
+def settled(machine: Obj, suspect: bool, grace_over: bool) -> bool:
+    """Whether a wait may stop at MACHINE's Failed phase: at once, unless the machine was
+    blocked when the wait began (SUSPECT) and the kubelet's retry may still clear it."""
+    return status_of(machine).get("phase") == "Failed" and (grace_over or not (suspect and blocked(machine)))
+
+
+def failure_text(machine: Obj) -> str:
+    st = status_of(machine)
+    return f"{st.get('failureReason')}: {st.get('failureMessage')}"
+
+
 def reached(phase: str, wanted: str) -> bool:
     return phase == wanted or PROGRESS.get(phase, -1) >= PROGRESS.get(wanted, 99)
 
@@ -404,7 +429,7 @@ def ensure_present(
         applied = write_status(kube, applied, derive_status(applied, None))
     if creds is not None:
         _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, applied, creds)
-        out.changed = out.changed or written
+        out.changed = out.changed or bool(written)
     pod, out.pod_created = ensure_pod(kube, applied, cluster, timeout, created_machine=out.before is None)
     out.changed = out.changed or out.pod_created
     out.after = write_status(kube, applied, derive_status(applied, pod))
@@ -414,10 +439,17 @@ def ensure_present(
 
 
 def ensure_pod(
-    kube: Kube, machine: Obj, cluster: Obj, timeout: float, *, created_machine: bool = False
+    kube: Kube,
+    machine: Obj,
+    cluster: Obj,
+    timeout: float,
+    *,
+    created_machine: bool = False,
+    replace_stopped: bool = False,
 ) -> Tuple[Obj, bool]:
     """The machine's node Pod, created when missing: (pod, created). A Pod is never
-    changed in place (most of its spec is immutable): the machine is replaced instead."""
+    changed in place (most of its spec is immutable): the machine is replaced instead.
+    REPLACE_STOPPED: a Pod whose node container does not run is replaced by a new one."""
     ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
     pod = kube.get(POD.path(ns, name))
     if pod is not None and not meta(pod, "deletionTimestamp"):
@@ -426,7 +458,11 @@ def ensure_pod(
                 f"Pod {ns}/{name} exists but does not belong to HnMachine {ns}/{name};"
                 " remove that Pod or give the machine another name"
             )
-        return pod, False
+        if not (replace_stopped and not _container_running(pod)):
+            return pod, False
+        # Nothing runs in it to lose, and the kubelet would start its container again only
+        # after its crash back-off (up to 5 min); a new Pod starts now.
+        kube.delete(POD.path(ns, name), uid=pod["metadata"]["uid"], what=f"replace the node Pod {ns}/{name}")
     if pod is not None:
         _wait_gone(kube, POD.path(ns), name, timeout)
     try:
@@ -450,29 +486,49 @@ def ensure_pod(
     return pod, True
 
 
+def wait_past_blocked(
+    kube: Kube,
+    pods_path: str,
+    done: Callable[[bool], bool],
+    timeout: float,
+    suspects: bool,
+    **watch: Any,
+) -> bool:
+    """kube.wait on node Pods, where DONE(grace_over) may stop at a blocked machine only when
+    GRACE_OVER. With SUSPECTS (machines blocked before the wait), first up to BLOCKED_GRACE
+    with grace_over False, then the rest of TIMEOUT with True."""
+    deadline = time.monotonic() + timeout
+    if suspects:
+        ok, _unused = kube.wait(pods_path, lambda _pods: done(False), min(BLOCKED_GRACE, timeout), **watch)
+        if ok:
+            return True
+    # At 0 s left this still lists once and asks DONE: a machine still blocked is a failure now.
+    ok, _unused = kube.wait(pods_path, lambda _pods: done(True), max(deadline - time.monotonic(), 0), **watch)
+    return ok
+
+
 def wait_for_phase(kube: Kube, machine: Obj, wanted: str, timeout: float) -> Obj:
     """Watch the machine's Pod, writing status on every change, until the machine reaches
-    WANTED (or later) or fails."""
+    WANTED (or later) or fails (one blocked before the wait gets BLOCKED_GRACE first)."""
     ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
     current = {"machine": machine}
+    suspect = blocked(machine)
 
     def on_event(pods: Dict[str, Obj]) -> None:
         current["machine"] = write_status(
             kube, current["machine"], derive_status(current["machine"], pods.get(name))
         )
 
-    def done(_pods: Dict[str, Obj]) -> bool:
+    def done(grace_over: bool) -> bool:
         phase = status_of(current["machine"]).get("phase", "")
-        return phase == "Failed" or reached(phase, wanted)
+        return reached(phase, wanted) or settled(current["machine"], suspect, grace_over)
 
-    ok, _unused = kube.wait(
-        POD.path(ns), done, timeout, field_selector=f"metadata.name={name}", on_event=on_event
+    ok = wait_past_blocked(
+        kube, POD.path(ns), done, timeout, suspect, field_selector=f"metadata.name={name}", on_event=on_event
     )
     st = status_of(current["machine"])
     if st.get("phase") == "Failed" and wanted != "Failed":
-        raise MachineError(
-            f"HnMachine {ns}/{name} failed: {st.get('failureReason')}: {st.get('failureMessage')}"
-        )
+        raise MachineError(f"HnMachine {ns}/{name} failed: {failure_text(current['machine'])}")
     if not ok:
         reasons = "; ".join(
             f"{c['type']}={c['status']} ({c.get('reason')}: {c.get('message')})"

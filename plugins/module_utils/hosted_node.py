@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import secrets
 import string
 import time
@@ -348,13 +349,53 @@ def tenant_kube(kubeconfig: str) -> Kube:
         raise BootstrapError(f"tenant_kubeconfig: cannot use {kubeconfig}: {e}") from None
 
 
+NOTHING_WRITTEN = "nothing was written to the host cluster"
+TENANT_FIX = (
+    "start or repair the tenant control plane (its TenantControlPlane must be Ready), or name the"
+    f" right one in tenant_kubeconfig, then run again; {NOTHING_WRITTEN}"
+)
+DELETE_WITHOUT_TENANT = (
+    "start or repair the tenant control plane, then run again; to delete without draining the"
+    " Nodes, leave tenant_kubeconfig out. Nothing was deleted"
+)
+# (connect, read) seconds for the readiness check: a tenant that drops packets fails fast.
+TENANT_CHECK_TIMEOUT = (5.0, 15.0)
+
+
+def check_tenant(tenant: Kube, *, fix: str = TENANT_FIX) -> None:
+    """Raise BootstrapError, naming the tenant's API server and FIX, unless it answers /readyz
+    with ok. Called before anything is written, so a tenant that is down leaves nothing
+    half-made in the host cluster."""
+    import urllib3  # noqa: PLC0415 (with the kubernetes client, imported where a request is made)
+
+    where = f"tenant_kubeconfig: the tenant control plane at {tenant.host}"
+    try:
+        tenant.request(
+            "GET", "/readyz", stream=True, timeout=TENANT_CHECK_TIMEOUT, what="/readyz"
+        ).release_conn()
+    except KubeError as e:
+        if e.status == 0:  # the client's own failure (TLS): it never got an answer
+            raise BootstrapError(f"{where} cannot be reached ({e.reason.splitlines()[-1]}): {fix}") from None
+        # /readyz lists its checks, "[-]name failed: ..." for the failing ones.
+        failing = [line[3:] for line in str(e).splitlines() if line.startswith("[-]")]
+        detail = "; ".join(failing) or str(e).splitlines()[0]
+        raise BootstrapError(f"{where} is not ready ({e.status}: {detail}): {fix}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        # urllib3 wraps the cause (connection refused, timeout, TLS) in a MaxRetryError.
+        cause = str(getattr(e, "reason", None) or e)
+        # Only the why: "<HTTPSConnection object at 0x..>: why" or "HTTPSConnection(host=..): why".
+        cause = re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", cause)
+        raise BootstrapError(f"{where} cannot be reached ({cause}): {fix}") from None
+
+
 def tenant_ca(tenant: Kube) -> str:
     """The tenant's cluster CA, as its controller-manager publishes it to every namespace."""
     cm = tenant.get(CONFIGMAP.path("kube-system", "kube-root-ca.crt"))
     if not cm or not (cm.get("data") or {}).get("ca.crt"):
         raise BootstrapError(
-            "the tenant has no kube-system/kube-root-ca.crt ConfigMap yet: is its controller-manager"
-            " running? Wait until the tenant control plane is Ready"
+            f"tenant_kubeconfig: the tenant control plane at {tenant.host} has no"
+            " kube-system/kube-root-ca.crt ConfigMap yet: is its controller-manager running?"
+            f" Wait until it is Ready, then run again; {NOTHING_WRITTEN}"
         )
     return cm["data"]["ca.crt"]
 
@@ -409,8 +450,9 @@ def kube_proxy_token(tenant: Kube, *, timeout: float = 30) -> str:
     )
     if not ok:
         raise BootstrapError(
-            f"the tenant's token controller did not fill kube-system/{KUBE_PROXY_TOKEN_SECRET} in"
-            f" {timeout:.0f} s: is its controller-manager running?"
+            f"tenant_kubeconfig: the token controller of the tenant control plane at {tenant.host} did"
+            f" not fill kube-system/{KUBE_PROXY_TOKEN_SECRET} in {timeout:.0f} s: is its"
+            f" controller-manager running? Wait until it is Ready, then run again; {NOTHING_WRITTEN}"
         )
     return base64.b64decode(objs[KUBE_PROXY_TOKEN_SECRET]["data"]["token"]).decode()
 
@@ -432,8 +474,9 @@ def tenant_credentials(
 
 def ensure_bootstrap_secret(
     host: Kube, cluster: Obj, machine: Obj, creds: TenantCredentials, *, check_mode: bool = False
-) -> Tuple[str, bool]:
-    """MACHINE's bootstrap Secret in the host cluster, current: (its name, changed)."""
+) -> Tuple[str, str]:
+    """MACHINE's bootstrap Secret in the host cluster, current: (its name, what was done:
+    "created" when it was missing, "updated", or "" when it was current)."""
     template = cluster["spec"].get("machineTemplate") or {}
     files = render_bootstrap_files(
         machine,
@@ -449,7 +492,7 @@ def ensure_bootstrap_secret(
     path = SECRET.path(ns, name)
     before = host.get(path)
     if before is not None and (before.get("data") or {}) == desired["data"]:
-        return name, False
+        return name, ""
     try:
         host.apply(path, desired, dry_run=check_mode, what=f"the bootstrap Secret {ns}/{name}")
     except KubeError as e:
@@ -457,7 +500,7 @@ def ensure_bootstrap_secret(
         raise BootstrapError(
             f"cannot write the bootstrap Secret {ns}/{name}: {e.status} {e.reason}"
         ) from None
-    return name, True
+    return name, "created" if before is None else "updated"
 
 
 # -- the tenant's Nodes ------------------------------------------------------------------------

@@ -56,7 +56,10 @@ options:
     type: dict
   wait:
     description:
-      - Wait until every machine is ready, following their Pods with a watch; fail early when one fails.
+      - Wait until every machine is ready, following their Pods with a watch; fail early when one fails,
+        naming its reason and message.
+      - A machine already failed on a missing image or bootstrap Secret when the wait begins gets 20 s first,
+        one retry of the host's kubelet, so the run after the fix does not fail on the Pod's earlier state.
     type: bool
     default: false
   wait_timeout:
@@ -73,6 +76,10 @@ options:
         machines get C(spec.bootstrap.dataSecretName) and C(spec.providerID) C(rhizeption://NAMESPACE/NAME).
         O(wait) also waits for their Nodes in the tenant to be Ready. Scaling down cordons and drains a
         machine's Node, through the Eviction API, before its Pod goes, then deletes the Node.
+      - The tenant is asked first (C(/readyz)). When it cannot be reached or is not ready, the task fails
+        naming it, before anything is written to the host cluster (or, with O(state=absent), deleted).
+      - A machine whose bootstrap Secret was missing and whose node container is down gets the Secret again
+        and a new Pod.
       - Without it the machines run their node image with no bootstrap data, so no kubelet joins anything.
     type: path
 extends_documentation_fragment:

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hosted
 import kubernetes
 import pytest
 from riglib.controlplane import COMPONENTS, ControlPlane
-from riglib.node import HostCluster
+from riglib.node import HostCluster, image_archive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,22 +229,56 @@ def ns(namespace: str, core: kubernetes.client.CoreV1Api) -> str:
 
 
 def _release_machines(api_client: kubernetes.client.ApiClient, namespace: str) -> None:
-    """Drop the finalizers of HnMachines a failed test left, or the namespace would wait
-    for them forever (no controller runs to release them)."""
-    custom = kubernetes.client.CustomObjectsApi(api_client)
+    hosted.release_machines(kubernetes.client.CustomObjectsApi(api_client), namespace)
+
+
+# -- hosted nodes (test_hosted_nodes*.py): per test module, a tenant and a host namespace --------
+@pytest.fixture(scope="module")
+def tenant(host_cluster: HostCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A tenant control plane where the host cluster's Pods reach it (the node network's gateway)."""
+    cp = ControlPlane(
+        tmp_path_factory.mktemp("tenant") / "rig",
+        ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+        address=host_cluster.node.gateway,
+        cluster_cidr=hosted.TENANT_POD_CIDR,
+        die_with_parent=True,
+    )
+    cp.up()
     try:
-        machines = custom.list_namespaced_custom_object(
-            "hn.rhizeption.io", "v1alpha1", namespace, "hnmachines"
+        yield cp
+    finally:
+        cp.down()
+
+
+@pytest.fixture(scope="module")
+def host_ns(host_cluster: HostCluster, host_api_client, run_playbook) -> Iterator[str]:
+    """The hn CRDs and the node image in the host cluster, and a namespace for the HnClusters,
+    deleted afterwards with whatever a failed test left in it."""
+    host_cluster.load_images([image_archive("node")])
+    run = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
+    assert run.rc == 0, run.failures or run.stderr
+    core = kubernetes.client.CoreV1Api(host_api_client)
+    name = f"t-hosted-{os.urandom(2).hex()}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        hosted.release_machines(kubernetes.client.CustomObjectsApi(host_api_client), name)
+        hosted.delete_namespace(host_cluster.kubeconfig, name)
+
+
+@pytest.fixture(scope="module")
+def flow(host_cluster, host_api_client, tenant, host_ns, run_playbook) -> Iterator[hosted.Flow]:
+    tenant_client = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
+    try:
+        yield hosted.Flow(
+            host_cluster,
+            tenant,
+            host_ns,
+            run_playbook,
+            kubernetes.client.CoreV1Api(tenant_client),
+            kubernetes.client.CoreV1Api(host_api_client),
+            kubernetes.client.CustomObjectsApi(host_api_client),
         )
-    except kubernetes.client.ApiException:
-        return  # no CRDs in this session
-    for m in machines["items"]:
-        if m["metadata"].get("finalizers"):
-            custom.patch_namespaced_custom_object(
-                "hn.rhizeption.io",
-                "v1alpha1",
-                namespace,
-                "hnmachines",
-                m["metadata"]["name"],
-                {"metadata": {"finalizers": None}},
-            )
+    finally:
+        tenant_client.close()

@@ -13,94 +13,26 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import kubernetes
-import pytest
-from conftest import PLAYBOOKS
+from hosted import (
+    BUSYBOX,
+    GROUP,
+    PLAYBOOKS,
+    SERVICE_CIDR,
+    VERSION,
+    Flow,
+    cluster_spec,
+    kubectl,
+    ready,
+    tenant_nodes,
+)
 from riglib import toolchain
-from riglib.controlplane import SERVICE_CIDR, ControlPlane
-from riglib.node import HostCluster, image_archive
+from riglib.controlplane import ControlPlane
+from riglib.node import HostCluster
 
 from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import cluster_dns_ip  # isort: skip
-
-GROUP, VERSION = "hn.rhizeption.io", "v1alpha1"
-TENANT_POD_CIDR = "10.240.0.0/16"
-NODE_IMAGE = f"localhost/rhizeption/node:{toolchain.versions()['KUBERNETES_VERSION']}"
-BUSYBOX = "localhost/rhizeption/busybox:bookworm"
-
-
-@pytest.fixture(scope="module")
-def tenant(host_cluster: HostCluster, tmp_path_factory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(
-        tmp_path_factory.mktemp("tenant") / "rig",
-        ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
-        address=host_cluster.node.gateway,
-        cluster_cidr=TENANT_POD_CIDR,
-        die_with_parent=True,
-    )
-    cp.up()
-    try:
-        yield cp
-    finally:
-        cp.down()
-
-
-@pytest.fixture(scope="module")
-def host_ns(host_cluster: HostCluster, host_api_client, run_playbook) -> Iterator[str]:
-    """The hn CRDs and the node image in the host cluster, and a namespace for the HnCluster."""
-    host_cluster.load_images([image_archive("node")])
-    run = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
-    assert run.rc == 0, run.failures or run.stderr
-    core = kubernetes.client.CoreV1Api(host_api_client)
-    name = f"t-hosted-{os.urandom(2).hex()}"
-    core.create_namespace({"metadata": {"name": name}})
-    try:
-        yield name
-    finally:
-        subprocess.run(
-            [*kubectl(host_cluster.kubeconfig), "delete", "namespace", name, "--wait=true", "--timeout=120s"],
-            check=False,
-            capture_output=True,
-        )
-
-
-def kubectl(kubeconfig) -> list[str]:
-    return [str(toolchain.binary("kubectl")), f"--kubeconfig={kubeconfig}"]
-
-
-def hncluster(run_playbook, host_cluster, tenant, namespace, *args, **task):
-    task = {
-        "name": "blue",
-        "namespace": namespace,
-        "tenant_kubeconfig": str(tenant.kubeconfig),
-        "wait": True,
-        "wait_timeout": 300,
-        **task,
-    }
-    played = run_playbook(
-        PLAYBOOKS / "hn_module.yml",
-        *args,
-        extra_vars={"module": "hncluster", "task": task, "kubeconfig": str(host_cluster.kubeconfig)},
-    )
-    (result,) = played.task_results("Run hncluster")
-    return result
-
-
-def cluster_spec(host_cluster: HostCluster, tenant: ControlPlane, replicas: int) -> dict:
-    port = tenant.server.rsplit(":", 1)[1]
-    return {
-        "replicas": replicas,
-        "controlPlaneEndpoint": {"host": host_cluster.node.gateway, "port": int(port)},
-        "network": {"podCIDR": TENANT_POD_CIDR, "serviceCIDR": SERVICE_CIDR},
-        "machineTemplate": {
-            "image": NODE_IMAGE,
-            "imagePullPolicy": "Never",
-            "nodeLabels": {"tier": "hosted"},
-        },
-    }
 
 
 def rolled_out(tenant: ControlPlane) -> None:
@@ -172,47 +104,6 @@ def ping_through_inventory(
         timeout=300,
         check=False,
     )
-
-
-def tenant_nodes(core) -> dict:
-    return {n.metadata.name: n for n in core.list_node().items}
-
-
-def ready(node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-
-
-@dataclass
-class Flow:
-    """What the tests of this module share, in order: one HnCluster and its tenant."""
-
-    host_cluster: HostCluster
-    tenant: ControlPlane
-    namespace: str
-    run_playbook: object
-    tcore: kubernetes.client.CoreV1Api
-    hcore: kubernetes.client.CoreV1Api
-    custom: kubernetes.client.CustomObjectsApi
-
-    def hncluster(self, *args, **task):
-        return hncluster(self.run_playbook, self.host_cluster, self.tenant, self.namespace, *args, **task)
-
-
-@pytest.fixture(scope="module")
-def flow(host_cluster, host_api_client, tenant, host_ns, run_playbook) -> Iterator[Flow]:
-    tenant_client = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
-    try:
-        yield Flow(
-            host_cluster,
-            tenant,
-            host_ns,
-            run_playbook,
-            kubernetes.client.CoreV1Api(tenant_client),
-            kubernetes.client.CoreV1Api(host_api_client),
-            kubernetes.client.CustomObjectsApi(host_api_client),
-        )
-    finally:
-        tenant_client.close()
 
 
 def web_deployment(replicas: int) -> dict:

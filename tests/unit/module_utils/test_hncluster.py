@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.rhizeption.core.plugins.module_utils import hncluster
+import test_hnmachine as hnm
+import urllib3
+from ansible_collections.rhizeption.core.plugins.module_utils import hncluster, hnmachine, hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import DELETE_MACHINE_ANNOTATION
 
 NOW = "2026-11-23T10:00:00Z"
@@ -107,3 +109,63 @@ def test_failed_machines_are_named_in_the_condition():
 def test_a_cluster_being_deleted_says_so():
     status = hncluster.derive_status(cluster(2, deletionTimestamp=NOW), [machine("blue-0")], now=NOW)
     assert status["phase"] == "Deleting"
+
+
+# -- bad input: what the wait and the tenant check do --------------------------------------
+def test_wait_ready_gives_blocked_machines_the_grace_then_names_their_cause(monkeypatch):
+    monkeypatch.setattr(hnmachine, "BLOCKED_GRACE", 7.0)
+    cl = {"metadata": {"name": "blue", "namespace": "tenants"}, "spec": {"replicas": 1}}
+    blocked = hnm.pod("Pending", scheduled=True, waiting=hnm.NEVER_PULL)
+    stuck = [{"blue-0": blocked}]
+    kube = hnm.ScriptedPods(stuck, stuck)
+    monkeypatch.setattr(hncluster, "write_status", lambda *_args: None)
+    with pytest.raises(hncluster.ClusterError, match=r'blue-0 \(ErrImageNeverPull: Container image "x"'):
+        hncluster.wait_ready(kube, cl, [hnm.with_status(hnm.machine(), blocked)], timeout=300)
+    assert kube.timeouts[0] == 7.0
+
+
+class Unreachable:
+    """A tenant whose API server does not answer."""
+
+    host = "https://10.89.0.1:6443"
+
+    def request(self, *_args, **_kwargs):
+        raise urllib3.exceptions.MaxRetryError(None, "/readyz", OSError("[Errno 111] Connection refused"))
+
+
+class HostRecorder:
+    """A host cluster that records writes and has nothing in it."""
+
+    def __init__(self):
+        self.writes = []
+
+    def get(self, _path):
+        return None
+
+    def list(self, *_args, **_kwargs):
+        return [], "1"
+
+    def apply(self, path, *_args, **_kwargs):
+        self.writes.append(("apply", path))
+        return {}
+
+    def delete(self, path, **_kwargs):
+        self.writes.append(("delete", path))
+
+
+def test_an_unreachable_tenant_fails_before_anything_is_written_to_the_host():
+    host = HostRecorder()
+    desired = hncluster.render_cluster("blue", "tenants", {"replicas": 1, "machineTemplate": {"image": "x"}})
+    with pytest.raises(
+        hosted_node.BootstrapError, match=r"10\.89\.0\.1:6443 cannot be reached .*Connection refused"
+    ):
+        hncluster.ensure_present(host, desired, tenant=Unreachable())
+    assert host.writes == []
+
+
+def test_deleting_with_an_unreachable_tenant_deletes_nothing_and_says_how_to_go_on():
+    host = HostRecorder()
+    host.get = lambda _path: {"metadata": {"name": "blue", "namespace": "tenants", "uid": "u"}}
+    with pytest.raises(hosted_node.BootstrapError, match="leave tenant_kubeconfig out"):
+        hncluster.ensure_absent(host, "tenants", "blue", tenant=Unreachable())
+    assert host.writes == []

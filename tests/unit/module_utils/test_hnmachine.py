@@ -260,3 +260,135 @@ def test_condition_transition_time_moves_only_with_its_status():
 )
 def test_reached(phase, wanted, ok):
     assert hnmachine.reached(phase, wanted) is ok
+
+
+# -- waits: a machine blocked on a cause someone may just have fixed ---------------------------
+NEVER_PULL = {"reason": "ErrImageNeverPull", "message": 'Container image "x" is not present'}
+
+
+class ScriptedPods:
+    """kube.wait and kube.apply for the wait functions: each wait sees the next list of Pod
+    snapshots (one dict of Pods by name per event) and says which grace it was asked about."""
+
+    def __init__(self, *waits):
+        self.waits = list(waits)
+        self.timeouts = []
+
+    def wait(self, _path, done, timeout, *, on_event=None, **_selectors):
+        self.timeouts.append(timeout)
+        snapshots = self.waits.pop(0) if self.waits else [{}]
+        for pods in snapshots:
+            if on_event:
+                on_event(pods)
+            if done(pods):
+                return True, pods
+        return False, snapshots[-1]
+
+    def apply(self, _path, body, **_kwargs):
+        return {**body, "metadata": {**body["metadata"], "namespace": "tenants"}}
+
+
+def with_status(m, the_pod):
+    return {**m, "status": hnmachine.derive_status(m, the_pod, now=NOW)}
+
+
+def test_a_missing_image_or_secret_is_a_failure_that_names_it_and_clears_with_the_pod():
+    blocked_pod = pod("Pending", scheduled=True, waiting=NEVER_PULL)
+    status = hnmachine.derive_status(machine(), blocked_pod, now=NOW)
+    assert (status["phase"], status["failureReason"]) == ("Failed", "ErrImageNeverPull")
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["ContainerProvisioned"]["reason"] == "ErrImageNeverPull"
+    assert "is not present" in by_type["ContainerProvisioned"]["message"]
+    assert hnmachine.blocked({"status": status})
+    # The same machine once its Pod runs: nothing of the failure is left.
+    m = {**machine(), "status": status}
+    later = hnmachine.derive_status(m, pod("Running", scheduled=True, ready=True), now=LATER)
+    assert later["phase"] == "Running" and "failureReason" not in later
+    assert not hnmachine.blocked({"status": later})
+
+
+def test_a_pod_that_ended_is_failed_but_not_blocked():
+    assert not hnmachine.blocked({"status": hnmachine.derive_status(machine(), pod("Failed"), now=NOW)})
+
+
+def test_a_wait_gives_a_machine_blocked_before_it_the_kubelets_retry(monkeypatch):
+    """The run that restores the Secret (or the image) must not fail on what the Pod said a
+    moment before: the kubelet starts the container on its next try."""
+    monkeypatch.setattr(hnmachine, "BLOCKED_GRACE", 7.0)
+    m = with_status(machine(), pod("Pending", scheduled=True, waiting=NEVER_PULL))
+    kube = ScriptedPods(
+        [
+            {"blue-0": pod("Pending", scheduled=True, waiting=NEVER_PULL)},
+            {"blue-0": pod("Running", ready=True)},
+        ]
+    )
+    after = hnmachine.wait_for_phase(kube, m, "Running", timeout=300)
+    assert after["status"]["phase"] == "Running"
+    assert kube.timeouts == [7.0]  # the grace, and no second wait
+
+
+def test_a_machine_still_blocked_after_the_grace_fails_naming_the_cause(monkeypatch):
+    monkeypatch.setattr(hnmachine, "BLOCKED_GRACE", 7.0)
+    m = with_status(machine(), pod("Pending", scheduled=True, waiting=NEVER_PULL))
+    still = [{"blue-0": pod("Pending", scheduled=True, waiting=NEVER_PULL)}]
+    kube = ScriptedPods(still, still)
+    with pytest.raises(hnmachine.MachineError, match='ErrImageNeverPull: Container image "x" is not present'):
+        hnmachine.wait_for_phase(kube, m, "Running", timeout=300)
+    assert kube.timeouts[0] == 7.0 and len(kube.timeouts) == 2
+
+
+def test_a_machine_that_becomes_blocked_during_the_wait_fails_at_once():
+    m = with_status(machine(), pod("Pending", scheduled=True))
+    kube = ScriptedPods([{"blue-0": pod("Pending", scheduled=True, waiting=NEVER_PULL)}])
+    with pytest.raises(hnmachine.MachineError, match="ErrImageNeverPull"):
+        hnmachine.wait_for_phase(kube, m, "Running", timeout=300)
+    assert kube.timeouts == [pytest.approx(300)]
+
+
+class PodStore:
+    """kube.get/delete/request/wait on one node Pod, recording what was done to it."""
+
+    def __init__(self, the_pod):
+        self.pod = the_pod
+        self.done = []
+
+    def get(self, _path):
+        return self.pod
+
+    def delete(self, _path, uid=None, **_kwargs):
+        self.done.append(("delete", uid))
+        self.pod = None
+
+    def wait(self, _path, done, _timeout, **_kwargs):
+        return done({}), {}
+
+    def request(self, method, _path, body=None, **_kwargs):
+        self.done.append((method, body["metadata"]["name"]))
+        self.pod = body
+        return body
+
+
+def owned_pod(m, **kwargs):
+    p = pod(**kwargs)
+    p["metadata"]["uid"] = "pod-uid"
+    p["metadata"]["ownerReferences"] = [{"uid": m["metadata"]["uid"]}]
+    return p
+
+
+def test_a_stopped_node_pod_is_replaced_only_when_asked():
+    m = machine()
+    config_error = {"reason": "CreateContainerConfigError", "message": 'secret "blue-0-bootstrap" not found'}
+    kube = PodStore(owned_pod(m, phase="Running", waiting=config_error))
+    _unused, created = hnmachine.ensure_pod(kube, m, cluster(), 30)
+    assert (created, kube.done) == (False, [])
+    _unused, created = hnmachine.ensure_pod(kube, m, cluster(), 30, replace_stopped=True)
+    assert created and kube.done == [("delete", "pod-uid"), ("POST", "blue-0")]
+
+
+def test_a_running_node_pod_is_never_replaced():
+    m = machine()
+    running = owned_pod(m, phase="Running")
+    running["status"]["containerStatuses"] = [{"name": "node", "state": {"running": {}}}]
+    kube = PodStore(running)
+    assert hnmachine.ensure_pod(kube, m, cluster(), 30, replace_stopped=True) == (running, False)
+    assert kube.done == []

@@ -8,9 +8,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import urllib3
 import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine
 from ansible_collections.rhizeption.core.plugins.module_utils import hosted_node as hn
+from ansible_collections.rhizeption.core.plugins.module_utils.kube import KubeError
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -107,3 +109,64 @@ def test_the_tenant_approves_node_client_certificates_for_the_token_group_only()
     assert objs["rhizeption:kube-proxy"]["roleRef"]["name"] == "system:node-proxier"
     token = objs[hn.KUBE_PROXY_TOKEN_SECRET]
     assert token["type"] == "kubernetes.io/service-account-token"
+
+
+class Tenant:
+    host = "https://10.89.0.1:6443"
+
+    def __init__(self, error=None):
+        self.error = error
+
+    def request(self, *_args, **_kwargs):
+        if self.error:
+            raise self.error
+
+        class Answer:
+            def release_conn(self):
+                pass
+
+        return Answer()
+
+
+def test_a_ready_tenant_passes_the_check():
+    hn.check_tenant(Tenant())
+
+
+def test_a_tenant_that_is_not_ready_is_named_with_its_failing_checks_and_the_fix():
+    body = "[+]ping ok\n[-]etcd failed: reason withheld\n[+]log ok\nreadyz check failed"
+    error = KubeError(f"/readyz: 500 Internal Server Error: {body}", status=500)
+    with pytest.raises(hn.BootstrapError) as e:
+        hn.check_tenant(Tenant(error))
+    assert "https://10.89.0.1:6443 is not ready (500: etcd failed: reason withheld)" in str(e.value)
+    assert "start or repair the tenant control plane" in str(e.value)
+
+
+def test_an_unreachable_tenant_is_named_with_the_reason_only():
+    refused = urllib3.exceptions.NewConnectionError(
+        urllib3.connection.HTTPSConnection("10.89.0.1", 6443), "Failed to establish a new connection: refused"
+    )
+    with pytest.raises(hn.BootstrapError) as e:
+        hn.check_tenant(Tenant(urllib3.exceptions.MaxRetryError(None, "/readyz", refused)))
+    assert "10.89.0.1:6443 cannot be reached (Failed to establish a new connection: refused)" in str(e.value)
+    assert "HTTPSConnection" not in str(e.value)
+
+
+class SecretStore:
+    def __init__(self, secret=None):
+        self.secret = secret
+
+    def get(self, _path):
+        return self.secret
+
+    def apply(self, _path, obj, **_kwargs):
+        self.secret = obj
+        return obj
+
+
+def test_the_bootstrap_secret_says_whether_it_was_created_updated_or_current():
+    creds = hn.TenantCredentials(ca_pem="CA", bootstrap_token="abcdef.0123456789abcdef", kube_proxy_token="p")
+    host = SecretStore()
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds) == ("blue-0-bootstrap", "created")
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == ""
+    creds.bootstrap_token = "ghijkl.0123456789abcdef"  # a new token after the old one expired
+    assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == "updated"
