@@ -1153,9 +1153,11 @@ def _render_apiserver(
     ]
     container = _container(tcp, APISERVER, image=image, args=args, mounts=mounts, port=API_PORT)
     container["env"] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    container["startupProbe"] = _https_probe("/livez", API_PORT, 5, 30)
+    # Startup and readiness every second, as kubeadm's apiserver readiness: each step of a
+    # tenant's start waits for the one before, and 5 s periods made up half of apply -> Ready.
+    container["startupProbe"] = _https_probe("/livez", API_PORT, 1, 150)
     container["livenessProbe"] = _https_probe("/livez", API_PORT, 10, 6)
-    container["readinessProbe"] = _https_probe("/readyz", API_PORT, 5, 3)
+    container["readinessProbe"] = _https_probe("/readyz", API_PORT, 1, 3)
     return _deployment(
         tcp,
         APISERVER,
@@ -1205,7 +1207,7 @@ def _render_controller(
         ]
     container = _container(tcp, component, image=image, args=args, mounts=mounts, port=port)
     container["livenessProbe"] = _https_probe("/healthz", port, 10, 6)
-    container["readinessProbe"] = _https_probe("/healthz", port, 5, 3)
+    container["readinessProbe"] = _https_probe("/healthz", port, 2, 3)
     return _deployment(
         tcp,
         component,
@@ -1278,10 +1280,12 @@ def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapp
     container["ports"].append({"name": "peer", "containerPort": ETCD_PEER_PORT, "protocol": "TCP"})
     container["env"] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     http = {"port": ETCD_METRICS_PORT, "scheme": "HTTP"}
+    # The apiserver reaches etcd through its Service, so etcd's readiness gates the next
+    # step: probed every second while it starts (the same 300 s window), every 2 s after.
     container["startupProbe"] = {
         "httpGet": {"path": "/readyz", **http},
-        "periodSeconds": 5,
-        "failureThreshold": 60,
+        "periodSeconds": 1,
+        "failureThreshold": 300,
     }
     container["livenessProbe"] = {
         "httpGet": {"path": "/livez", **http},
@@ -1290,7 +1294,7 @@ def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapp
     }
     container["readinessProbe"] = {
         "httpGet": {"path": "/readyz", **http},
-        "periodSeconds": 5,
+        "periodSeconds": 2,
         "failureThreshold": 3,
     }
     claim_spec: Obj = {
