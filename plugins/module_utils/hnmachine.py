@@ -414,6 +414,7 @@ def ensure_present(
     out = Outcome(before=kube.get(path))
     if meta(out.before, "deletionTimestamp"):
         raise MachineError(f"HnMachine {ns}/{name} is being deleted; wait for it to go, then create it again")
+    desired = _keep_join_fields(desired, out.before)
     applied = kube.apply(path, desired, dry_run=check_mode, what=f"HnMachine {ns}/{name}")
     out.changed = _user_view(out.before) != _user_view(applied)
     out.after = applied
@@ -436,6 +437,18 @@ def ensure_present(
     if wait_for:
         out.after = wait_for_phase(kube, out.after, wait_for, timeout)
     return out
+
+
+def _keep_join_fields(desired: Obj, before: Obj | None) -> Obj:
+    """DESIRED with the existing machine's providerID and bootstrap when it leaves them out.
+    hncluster sets them on the machines it makes, and the hnmachine module applies with the
+    same field manager: a field left out of that apply would be removed, and the node could
+    no longer join. Both fields are immutable once set, so keeping them is the only change."""
+    kept = {k: v for k, v in ((before or {}).get("spec") or {}).items() if k in ("providerID", "bootstrap")}
+    missing = {k: v for k, v in kept.items() if k not in desired["spec"]}
+    if not missing:
+        return desired
+    return {**desired, "spec": {**desired["spec"], **missing}}
 
 
 def ensure_pod(

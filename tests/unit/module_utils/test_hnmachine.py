@@ -392,3 +392,35 @@ def test_a_running_node_pod_is_never_replaced():
     kube = PodStore(running)
     assert hnmachine.ensure_pod(kube, m, cluster(), 30, replace_stopped=True) == (running, False)
     assert kube.done == []
+
+
+def test_applying_a_machine_hncluster_made_keeps_its_join_fields():
+    """The hnmachine module does not know a machine's providerID and bootstrap Secret; with
+    one field manager for both modules, leaving them out of the apply would remove them."""
+    from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine as hm
+
+    cluster = {
+        "metadata": {"name": "blue", "namespace": "ns", "uid": "u1"},
+        "apiVersion": "x",
+        "kind": "HnCluster",
+    }
+    before = hm.render_machine(
+        "blue-0", "ns", cluster, provider_id="rhizeption://ns/blue-0", bootstrap_secret="blue-0-bootstrap"
+    )
+    applied = []
+
+    class Kube:
+        def get(self, path):
+            return before if "hnmachines" in path else None
+
+        def apply(self, path, body, **kw):
+            applied.append(body)
+            return body
+
+    desired = hm.render_machine("blue-0", "ns", cluster, template={"image": "n:1"})
+    hm.ensure_present(Kube(), desired, cluster, check_mode=True)
+    (body,) = applied
+    assert body["spec"]["providerID"] == "rhizeption://ns/blue-0"
+    assert body["spec"]["bootstrap"] == {"dataSecretName": "blue-0-bootstrap"}
+    assert body["spec"]["template"] == {"image": "n:1"}
+    assert "providerID" not in desired["spec"]  # the caller's object is left as it was
