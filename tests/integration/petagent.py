@@ -160,9 +160,12 @@ class AgentProcess:
             self.proc.wait()
 
     def log_tail(self, lines: int = 60) -> str:
+        """The agent's own last lines: urllib3's DEBUG line per request would fill the tail
+        of a failure with list calls and hide what the agent decided."""
         if not self.logs:
             return ""
-        return "\n".join(self.logs[-1].read_text(errors="replace").splitlines()[-lines:])
+        text = self.logs[-1].read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if "urllib3.connectionpool" not in line][-lines:])
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

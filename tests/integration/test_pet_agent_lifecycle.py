@@ -57,7 +57,14 @@ def test_a_crashing_container_backs_off_with_growing_delays(agent, core, ns):
             starts.setdefault(cs.restart_count, last.started_at)
         return all(i in starts for i in range(4)) and cs
 
-    cs = wait_for("three restarts", record, 120, interval=0.3, agent=agent)
+    try:
+        cs = wait_for("three restarts", record, 120, interval=0.3, agent=agent)
+    except AssertionError as e:
+        # What the test saw, for a failure seen twice in full runs and never alone.
+        now = status_of(core, ns, "crasher", "crash")
+        raise AssertionError(
+            f"{e}\nstarts seen: {starts}\nstatus now: {now}\nevents: {pod_events(core, ns, 'crasher')}"
+        ) from e
     pod = status_of(core, ns, "crasher")
     assert pod.status.phase == "Running", "restartPolicy Always keeps the Pod Running"
     assert cs.last_state.terminated.exit_code == 3
