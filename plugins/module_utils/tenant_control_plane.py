@@ -1411,11 +1411,14 @@ def _workload_state(obj: Obj | None) -> Tuple[str, str]:
             return "Failed", f"{c.get('reason')}: {c.get('message') or ''}".strip()
     ready = int(st.get("readyReplicas") or 0)
     updated = int(st.get("updatedReplicas") or 0)
+    # Pods of the old template still there: mid-roll, the ready ones may all be old (a
+    # surge Pod counts as updated before it is ready), as when renewed certificates roll it.
+    old = max(int(st.get("replicas") or 0) - updated, 0)
     if obj.get("kind") == "Deployment":
         ready = min(ready, int(st.get("availableReplicas") or 0))
     current = (st.get("observedGeneration") or 0) >= (meta(obj, "generation") or 0)
-    message = f"{ready} of {wanted} ready, {updated} updated"
-    if current and ready >= wanted and updated >= wanted:
+    message = f"{ready} of {wanted} ready, {updated} updated" + (f", {old} old" if old else "")
+    if current and ready >= wanted and updated >= wanted and not old:
         return "Ready", message
     return "Progressing", message
 

@@ -788,6 +788,19 @@ def test_a_workload_that_has_not_seen_its_new_spec_is_not_ready():
     assert status["phase"] == "Initialized"
 
 
+def test_a_workload_still_rolling_is_not_ready_while_old_pods_serve():
+    # kube-apiserver rolls one Pod at a time with a surge: its new Pod counts as updated
+    # while the old one alone is ready (renewed certificates roll it so).
+    objs = observed(tcp(), ready=ALL)
+    apiserver = next(o for o in objs if o["metadata"]["name"] == "blue-apiserver")
+    apiserver["status"].update(replicas=2, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
+    status = tcpmod.derive_status(tcp(), objs, NOW_TEXT)
+    assert status["phase"] == "Provisioning"
+    assert "1 old" in next(c["message"] for c in status["conditions"] if c["type"] == "APIServerReady")
+    apiserver["status"].update(replicas=1, updatedReplicas=1)
+    assert tcpmod.derive_status(tcp(), objs, NOW_TEXT)["phase"] == "Ready"
+
+
 def test_a_new_version_rolling_out_is_upgrading():
     obj = tcp(version="v1.34.4")
     obj["status"] = {"version": "v1.33.9", "phase": "Ready"}
