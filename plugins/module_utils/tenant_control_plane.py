@@ -822,6 +822,48 @@ def _secret(tcp: Obj, name: str, type_: str, data: Dict[str, str]) -> Obj:
     }
 
 
+def _certificate_in(data: Mapping[str, str] | None) -> pki.x509.Certificate | None:
+    """The certificate a PKI Secret's DATA holds: its tls.crt, or a kubeconfig's client
+    certificate; None for the service-account key or what does not parse."""
+    data = data or {}
+    try:
+        if "kubeconfig" in data:
+            return pki.read_kubeconfig(_unb64(data, "kubeconfig"))[2].cert
+        return pki.load_cert(_unb64(data, "tls.crt"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _renew_before(tcp: Obj, role: str) -> datetime.timedelta:
+    is_ca = any(c.role == role and c.ca is None for c in certificates(tcp))
+    return CA_RENEW_BEFORE if is_ca else certificate_validity(tcp) / RENEW_FRACTION
+
+
+def due_for_renewal(tcp: Obj, existing: Mapping[str, Mapping[str, str]], now: datetime.datetime) -> List[str]:
+    """Names of the Secrets in EXISTING whose certificate (or kubeconfig's client certificate)
+    is in its renew window at NOW: what render_pki renews because of age alone."""
+    out = []
+    for role, name in secret_names(tcp).items():
+        cert = _certificate_in(existing.get(name))
+        if cert is not None and pki.needs_renewal(cert, now, _renew_before(tcp, role)):
+            out.append(name)
+    return out
+
+
+def next_renewal(tcp: Obj, secrets: Sequence[Obj]) -> datetime.datetime | None:
+    """When the first of SECRETS (render_pki's output) enters its renew window: a run after
+    that renews it, so a schedule that runs more often than a third of certificateValidity
+    never lets one expire."""
+    roles = {name: role for role, name in secret_names(tcp).items()}
+    starts = []
+    for secret in secrets:
+        role = roles.get(secret["metadata"]["name"])
+        cert = _certificate_in(secret.get("data"))
+        if role and cert is not None:
+            starts.append(pki.not_after(cert) - _renew_before(tcp, role))
+    return min(starts, default=None)
+
+
 def pki_digests(secrets: Sequence[Obj]) -> Dict[str, str]:
     """Secret name -> a short digest of its data, to roll a component's Pods when a Secret
     it mounts changes (kubeconfigs and the etcd certificates are read only at start)."""
@@ -1415,11 +1457,14 @@ def _workload_state(obj: Obj | None) -> Tuple[str, str]:
             return "Failed", f"{c.get('reason')}: {c.get('message') or ''}".strip()
     ready = int(st.get("readyReplicas") or 0)
     updated = int(st.get("updatedReplicas") or 0)
+    # Pods of the old template still there: mid-roll, the ready ones may all be old (a
+    # surge Pod counts as updated before it is ready), as when renewed certificates roll it.
+    old = max(int(st.get("replicas") or 0) - updated, 0)
     if obj.get("kind") == "Deployment":
         ready = min(ready, int(st.get("availableReplicas") or 0))
     current = (st.get("observedGeneration") or 0) >= (meta(obj, "generation") or 0)
-    message = f"{ready} of {wanted} ready, {updated} updated"
-    if current and ready >= wanted and updated >= wanted:
+    message = f"{ready} of {wanted} ready, {updated} updated" + (f", {old} old" if old else "")
+    if current and ready >= wanted and updated >= wanted and not old:
         return "Ready", message
     return "Progressing", message
 
@@ -1569,6 +1614,10 @@ class Outcome:
     created: List[str] = field(default_factory=list)
     updated: List[str] = field(default_factory=list)
     deleted: List[str] = field(default_factory=list)
+    # "Secret name" of every certificate or kubeconfig the run renewed (would renew) because
+    # it was in its renew window, and when the next one enters its window (RFC 3339, UTC).
+    renewed: List[str] = field(default_factory=list)
+    next_renewal: str | None = None
 
 
 def desired(name: str, namespace: str, spec: Obj, labels: Mapping[str, str] | None = None) -> Obj:
@@ -1721,7 +1770,11 @@ def reconcile_objects(
     ns, selector = meta(tcp, "namespace"), f"{TENANT_LABEL}={meta(tcp, 'name')}"
     items, _unused_rv = kube.list(SECRET.path(ns), label_selector=selector)
     existing = {s["metadata"]["name"]: s.get("data") or {} for s in items if _owned(s, meta(tcp, "uid"))}
-    secrets = render_pki(tcp, existing, now or pki.utcnow(), service=service, node_addresses=nodes)
+    now = now or pki.utcnow()
+    out.renewed = [f"Secret {name}" for name in due_for_renewal(tcp, existing, now)]
+    secrets = render_pki(tcp, existing, now, service=service, node_addresses=nodes)
+    due = next_renewal(tcp, secrets)
+    out.next_renewal = due.astimezone(pki.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if due else None
     for secret in secrets:
         _apply(kube, secret, out, dry_run)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")

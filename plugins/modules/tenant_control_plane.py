@@ -20,6 +20,9 @@ description:
   - Every object is written with server-side apply (field manager C(rhizeption.core)). Certificates are
     generated only when missing, in the last third of their validity, or naming other SANs, so a second run
     changes nothing. The status is derived from what exists and written through the status subresource.
+  - Renewal needs no option. Every run renews the certificates and kubeconfigs in the last third of their
+    validity, and only those, and rolls the Pods that read them. Run the task on a schedule to renew before
+    expiry; C(renewed) and C(next_renewal) report what was renewed and when the next one is due.
   - Check mode sends every object to the API server as a dry run. It validates them and reports what would be
     created or changed, without writing. Diff mode shows the TenantControlPlane before and after. Key material
     is never returned or shown.
@@ -189,6 +192,24 @@ deleted:
   returned: always
   type: list
   elements: str
+renewed:
+  description:
+    - The Secrets whose certificate, or kubeconfig's client certificate, the task renewed because it was in
+      the last third of C(certificateValidity) (a CA, in the last year of its ten), as C(Secret name). In
+      check mode, those it would renew. Each is also in C(updated), with the Deployments or StatefulSet
+      whose Pods roll to read it.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: [Secret blue-apiserver, Secret blue-admin-kubeconfig]
+next_renewal:
+  description:
+    - When the first of the tenant's certificates enters its renew window (RFC 3339, UTC). A run after that
+      time renews it; a schedule that runs more often than a third of C(certificateValidity) never lets a
+      certificate expire. Null in check mode for a tenant that does not exist yet.
+  returned: when O(state=present)
+  type: str
+  sample: "2027-07-23T16:40:00Z"
 admin_kubeconfig_written:
   description: Whether the task wrote O(admin_kubeconfig_path) (in check mode, would write it).
   returned: when O(admin_kubeconfig_path) is set
@@ -283,6 +304,8 @@ def main() -> None:
             "created": out.created,
             "updated": out.updated,
             "deleted": [],
+            "renewed": out.renewed,
+            "next_renewal": out.next_renewal,
         }
         if p["admin_kubeconfig_path"]:
             if mod.check_mode and out.before is None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import hosted
 import kubernetes
 import pytest
+import yaml
+from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from riglib.controlplane import COMPONENTS, ControlPlane
 from riglib.node import HostCluster, image_archive
 
@@ -282,3 +284,48 @@ def flow(host_cluster, host_api_client, tenant, host_ns, run_playbook) -> Iterat
         )
     finally:
         tenant_client.close()
+
+
+@pytest.fixture(scope="module")
+def host(host_cluster, host_api_client, run_playbook, tmp_path_factory, tenants_namespace):
+    """The host cluster with the CRDs, the operator's ClusterRole bound to a user of that
+    name with a kubeconfig of its own, and the namespace TENANTS_NAMESPACE for the tenants
+    (a module that uses `host` defines that fixture: each module gets a namespace of its
+    own, as the last one's may still be terminating). tenanthost.py has the helpers."""
+    from tenanthost import CLUSTER_ROLE, OPERATOR
+
+    crds = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
+    assert crds.rc == 0, crds.failures
+    rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
+    core = kubernetes.client.CoreV1Api(host_api_client)
+    role = yaml.safe_load(CLUSTER_ROLE.read_text())
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": OPERATOR},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR}],
+        }
+    )
+    core.create_namespace({"metadata": {"name": tenants_namespace}})
+    folder = tmp_path_factory.mktemp("tenants")
+    operator = folder / "operator.kubeconfig"
+    pki.write_file(operator, host_cluster.control_plane.client_kubeconfig(OPERATOR), private=True)
+    try:
+        yield {
+            "cluster": host_cluster,
+            "operator": operator,
+            "folder": folder,
+            "core": core,
+            "namespace": tenants_namespace,
+        }
+    finally:
+        core.delete_namespace(tenants_namespace)
+        for pv in core.list_persistent_volume(label_selector="rhizeption-test=tenant").items:
+            core.delete_persistent_volume(pv.metadata.name)
+        rbac.delete_cluster_role_binding(OPERATOR)
+        rbac.delete_cluster_role(role["metadata"]["name"])

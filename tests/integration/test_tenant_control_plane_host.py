@@ -22,70 +22,16 @@ from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube
 from conftest import PLAYBOOKS
 from riglib import toolchain
+from tenanthost import GROUP, PLURAL, TENANT_LABEL, VERSION, apply, etcd_volume, retry, tenant_client
 
-import benchmarks.tenant_control_plane
 import benchmarks.tenant_density
 
-GROUP, VERSION, PLURAL = "hn.rhizeption.io", "v1alpha1", "tenantcontrolplanes"
-TENANT_LABEL = "hn.rhizeption.io/tenant"
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER_ROLE = REPO / "roles" / "tenant_control_plane" / "files" / "host-clusterrole.yaml"
-OPERATOR = "rhizeption-host-operator"
 NAMESPACE = "tenants-real"
 
 
 @pytest.fixture(scope="module")
-def host(host_cluster, host_api_client, run_playbook, tmp_path_factory):
-    """The host cluster with the CRDs, a namespace for the tenants and an operator kubeconfig."""
-    crds = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
-    assert crds.rc == 0, crds.failures
-    rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
-    core = kubernetes.client.CoreV1Api(host_api_client)
-    role = yaml.safe_load(CLUSTER_ROLE.read_text())
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": OPERATOR},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
-            },
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR}],
-        }
-    )
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    folder = tmp_path_factory.mktemp("tenants")
-    operator = folder / "operator.kubeconfig"
-    pki.write_file(operator, host_cluster.control_plane.client_kubeconfig(OPERATOR), private=True)
-    try:
-        yield {"cluster": host_cluster, "operator": operator, "folder": folder, "core": core}
-    finally:
-        core.delete_namespace(NAMESPACE)
-        for pv in core.list_persistent_volume(label_selector="rhizeption-test=tenant").items:
-            core.delete_persistent_volume(pv.metadata.name)
-        rbac.delete_cluster_role_binding(OPERATOR)
-        rbac.delete_cluster_role(role["metadata"]["name"])
-
-
-def etcd_volume(host, tenant: str) -> None:
-    benchmarks.tenant_control_plane.etcd_volume(
-        host["core"], host["cluster"].node.container, NAMESPACE, tenant
-    )
-
-
-def apply(run_playbook, host, *args: str, **task):
-    played = run_playbook(
-        PLAYBOOKS / "tenant_module.yml",
-        *args,
-        extra_vars={"module": "tenant_control_plane", "task": task, "kubeconfig": str(host["operator"])},
-    )
-    (result,) = played.task_results("Run tenant_control_plane")
-    return result
-
-
-def tenant_client(kubeconfig: Path) -> kubernetes.client.ApiClient:
-    return kubernetes.config.new_client_from_config(str(kubeconfig))
+def tenants_namespace() -> str:
+    return NAMESPACE
 
 
 @pytest.fixture(scope="module")
@@ -296,25 +242,13 @@ def _pod_uids(core, tenant: str) -> dict:
     return {p.metadata.name: p.metadata.uid for p in pods}
 
 
-def _retry(call, seconds: float = 60):
-    """CALL, again while the tenant's apiserver comes back (connection refused, 503)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return call()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
 def test_backup_then_restore_brings_back_a_deleted_object(tenants, host, run_playbook, tmp_path):
     path = tmp_path / "backups" / "blue.db"
     client = tenant_client(tenants["blue"]["kubeconfig"])
     core = kubernetes.client.CoreV1Api(client)
     timings = {}
     try:
-        _retry(
+        retry(
             lambda: core.create_namespaced_config_map(
                 "default", {"metadata": {"name": "keep-me"}, "data": {"a": "1"}}
             )
@@ -354,7 +288,7 @@ def test_backup_then_restore_brings_back_a_deleted_object(tenants, host, run_pla
         assert restored.get("failed") is not True, restored.get("msg")
         assert restored["changed"] is True
 
-        back = _retry(lambda: core.read_namespaced_config_map("keep-me", "default"))
+        back = retry(lambda: core.read_namespaced_config_map("keep-me", "default"))
         assert back.data == {"a": "1"}
 
         ready = apply(
@@ -381,7 +315,7 @@ def test_a_restore_that_fails_leaves_the_tenant_on_its_data(tenants, host, run_p
     client = tenant_client(tenants["blue"]["kubeconfig"])
     core = kubernetes.client.CoreV1Api(client)
     try:
-        _retry(
+        retry(
             lambda: core.create_namespaced_config_map(
                 "default", {"metadata": {"name": "kept"}, "data": {"a": "1"}}
             )
@@ -405,7 +339,7 @@ def test_a_restore_that_fails_leaves_the_tenant_on_its_data(tenants, host, run_p
         )
         assert broken.get("failed") is True, broken
         assert "blue-etcd-restore" in broken["msg"] and "old data" in broken["msg"], broken["msg"]
-        kept = _retry(lambda: core.read_namespaced_config_map("kept", "default"))
+        kept = retry(lambda: core.read_namespaced_config_map("kept", "default"))
         assert kept.data == {"a": "2"}
         assert (
             not host["core"]
@@ -496,7 +430,7 @@ def test_a_tenant_on_a_shared_etcd_leaves_no_key_there_when_deleted(
         tcp = custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, "amber")
         assert "hn.rhizeption.io/shared-etcd-keys" in tcp["metadata"]["finalizers"]
         tenant = kubernetes.client.CoreV1Api(tenant_client(kubeconfig))
-        _retry(lambda: tenant.create_namespace({"metadata": {"name": "amber-app"}}))
+        retry(lambda: tenant.create_namespace({"metadata": {"name": "amber-app"}}))
         keys = etcdctl(host, "get", "--prefix", "--keys-only", f"{prefix}/").split()
         assert f"{prefix}/namespaces/amber-app" in keys
 

@@ -206,6 +206,50 @@ def test_certificates_near_expiry_are_renewed_and_the_rest_kept(first_pki):
     assert tcpmod.render_pki(tcp(), renewed, later) == tcpmod.render_pki(tcp(), renewed, later)
 
 
+def test_what_is_due_is_what_renewal_renews_and_the_next_renewal_is_a_third_before_the_end(first_pki):
+    before = existing(first_pki)
+    assert tcpmod.due_for_renewal(tcp(), before, NOW) == []
+    third = datetime.timedelta(hours=8760) / 3
+    first_due = tcpmod.next_renewal(tcp(), first_pki)
+    assert first_due == NOW + datetime.timedelta(hours=8760) - third
+    # A minute before, nothing is due; at that time every leaf and kubeconfig is, the CAs
+    # and the service-account key are not, and they are exactly what render_pki renews.
+    assert tcpmod.due_for_renewal(tcp(), before, first_due - datetime.timedelta(minutes=1)) == []
+    due = tcpmod.due_for_renewal(tcp(), before, first_due)
+    renewed = existing(tcpmod.render_pki(tcp(), before, first_due))
+    assert set(due) == {n for n in renewed if renewed[n] != before[n]}
+    assert set(due) == set(tcpmod.secret_names(tcp()).values()) - {
+        "blue-ca",
+        "blue-etcd-ca",
+        "blue-front-proxy-ca",
+        "blue-sa",
+    }
+    renewed_pki = tcpmod.render_pki(tcp(), before, first_due)
+    assert tcpmod.next_renewal(tcp(), renewed_pki) == first_due + datetime.timedelta(hours=8760) - third
+
+
+def test_only_the_aged_certificate_is_due(first_pki):
+    """One Secret's certificate replaced by a short-lived one of the same CA: only it is due."""
+    aged = existing(first_pki)
+    ca_data = aged["blue-ca"]
+    ca = pki.load_keypair(base64.b64decode(ca_data["tls.crt"]), base64.b64decode(ca_data["tls.key"]))
+    short = pki.issue(
+        ca,
+        "kube-apiserver-kubelet-client",
+        organizations=["system:masters"],
+        client=True,
+        validity=datetime.timedelta(minutes=10),
+        now=NOW,
+    )
+    aged["blue-apiserver-kubelet-client"] = {
+        **aged["blue-apiserver-kubelet-client"],
+        "tls.crt": base64.b64encode(short.cert_pem()).decode(),
+        "tls.key": base64.b64encode(short.key_pem()).decode(),
+    }
+    assert tcpmod.due_for_renewal(tcp(), aged, NOW) == ["blue-apiserver-kubelet-client"]
+    assert tcpmod.next_renewal(tcp(), [tcpmod._secret(tcp(), n, "Opaque", d) for n, d in aged.items()]) < NOW
+
+
 def test_certificate_validity_is_the_tenants(first_pki):
     short = tcp(certificateValidity="24h")
     secrets = tcpmod.render_pki(short, {}, NOW)
@@ -786,6 +830,19 @@ def test_ready_records_the_version_it_runs():
 def test_a_workload_that_has_not_seen_its_new_spec_is_not_ready():
     status = tcpmod.derive_status(tcp(), observed(tcp(), ready=ALL, stale=("kube-scheduler",)), NOW_TEXT)
     assert status["phase"] == "Initialized"
+
+
+def test_a_workload_still_rolling_is_not_ready_while_old_pods_serve():
+    # kube-apiserver rolls one Pod at a time with a surge: its new Pod counts as updated
+    # while the old one alone is ready (renewed certificates roll it so).
+    objs = observed(tcp(), ready=ALL)
+    apiserver = next(o for o in objs if o["metadata"]["name"] == "blue-apiserver")
+    apiserver["status"].update(replicas=2, updatedReplicas=1, readyReplicas=1, availableReplicas=1)
+    status = tcpmod.derive_status(tcp(), objs, NOW_TEXT)
+    assert status["phase"] == "Provisioning"
+    assert "1 old" in next(c["message"] for c in status["conditions"] if c["type"] == "APIServerReady")
+    apiserver["status"].update(replicas=1, updatedReplicas=1)
+    assert tcpmod.derive_status(tcp(), objs, NOW_TEXT)["phase"] == "Ready"
 
 
 def test_a_new_version_rolling_out_is_upgrading():
