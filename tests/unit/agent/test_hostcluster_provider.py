@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +18,9 @@ from typing import Any
 import pytest
 from rhizeption_agent.backends.hostcluster import names, pods
 from rhizeption_agent.backends.hostcluster.pods import HostSettings, Placement
-from rhizeption_agent.backends.hostcluster.provider import HostClusterProvider
+from rhizeption_agent.backends.hostcluster.provider import HostClusterProvider, WebSocketExec
 from rhizeption_agent.kubeapi import KubeError
-from rhizeption_agent.provider import LogRequest, ProviderError
+from rhizeption_agent.provider import STDERR, STDOUT, LogRequest, ProviderError
 
 Obj = dict[str, Any]
 HOST_NS = "tenants-blue-pods"
@@ -729,12 +731,125 @@ def test_logs_read_the_host_pods_log_with_follow_and_previous(apis, make):
         provider.logs(tenant_pod("web-9", "uid-9"), LogRequest(container="web"))
 
 
-def test_exec_and_port_forward_say_they_are_not_supported_yet(make):
-    provider, pod = make(), tenant_pod()
-    with pytest.raises(ProviderError, match="not supported yet by the host-cluster backend"):
-        provider.exec(pod, "web", ["sh"], stdin=False, tty=False)
-    with pytest.raises(ProviderError, match="not supported yet by the host-cluster backend"):
+class FakeWs:
+    """A WebSocket exec stream (the kubernetes client's WSClient) that replays FRAMES,
+    one per update, then closes as the server does when the command ends."""
+
+    def __init__(self, frames: list[tuple[int, bytes]]) -> None:
+        self.frames = list(frames)
+        self.channels: dict[int, bytes] = {}
+        self.open = True
+        self.sent: list[tuple[int, Any]] = []
+
+    def update(self, timeout: float = 0) -> None:
+        if self.frames:
+            channel, data = self.frames.pop(0)
+            self.channels[channel] = self.channels.get(channel, b"") + data
+        else:
+            self.open = False
+
+    def read_channel(self, channel: int, timeout: float = 0) -> bytes:
+        return self.channels.pop(channel, b"")
+
+    def is_open(self) -> bool:
+        return self.open
+
+    def write_stdin(self, data: bytes) -> None:
+        self.sent.append((0, data))
+
+    def write_channel(self, channel: int, data: Any) -> None:
+        self.sent.append((channel, data))
+
+    def close_channel(self, channel: int) -> None:
+        self.sent.append((255, channel))
+
+    def close(self) -> None:
+        self.open = False
+
+
+class FakeStreams:
+    def __init__(self, ws: FakeWs | None = None, error: Exception | None = None) -> None:
+        self.ws = ws
+        self.error = error
+        self.calls: list[tuple] = []
+
+    def exec(self, namespace, name, container, command, *, stdin, tty):
+        self.calls.append(("exec", namespace, name, container, command, stdin, tty))
+        if self.error:
+            raise self.error
+        return self.ws
+
+    def port_forward(self, namespace, name, port):
+        self.calls.append(("port-forward", namespace, name, port))
+        if self.error:
+            raise self.error
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        return ours
+
+
+def test_exec_bridges_to_the_host_pods_exec_stream(apis, make):
+    host, _tenant = apis
+    exit_3 = {"status": "Failure", "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}
+    ws = FakeWs([(1, b"out\n"), (2, b"err\n"), (3, json.dumps(exit_3).encode())])
+    streams = FakeStreams(ws)
+    provider, pod = make(streams=streams), tenant_pod()
+    provider.sync(pod, Events())
+    with pytest.raises(ProviderError, match="not running"):
+        provider.exec(pod, "web", ["sh"], stdin=True, tty=False)
+    running(host, pod)
+    eventually(lambda: seen_running(provider, pod))
+
+    session = provider.exec(pod, "web", ["sh", "-c", "exit 3"], stdin=True, tty=True, size=(80, 24))
+    session.write(b"echo hi\n")
+    session.close_stdin()
+    out = []
+    while (chunk := session.read()) is not None:
+        out.append(chunk)
+
+    assert streams.calls[-1] == (
+        "exec",
+        HOST_NS,
+        pods.host_pod_name(pod, SETTINGS),
+        "web",
+        ["sh", "-c", "exit 3"],
+        True,
+        True,
+    )
+    assert ws.sent == [(4, '{"Width": 80, "Height": 24}'), (0, b"echo hi\n"), (255, 0)]
+    assert out == [(STDOUT, b"out\n"), (STDERR, b"err\n")]
+    assert session.exit_code() == 3
+
+
+def test_exec_exit_codes_from_the_error_channel():
+    ok = WebSocketExec(FakeWs([(3, b'{"status": "Success"}')]))
+    assert ok.read() is None
+    assert ok.exit_code() == 0
+    dropped = WebSocketExec(FakeWs([]))
+    assert dropped.read() is None
+    assert dropped.exit_code() == 1  # no Status: the connection ended without one
+
+
+def test_port_forward_connects_to_the_host_pod_and_says_why_it_cannot(apis, make):
+    host, _tenant = apis
+    streams = FakeStreams()
+    provider, pod = make(streams=streams), tenant_pod()
+    provider.sync(pod, Events())
+    running(host, pod)
+    eventually(lambda: seen_running(provider, pod))
+
+    conn = provider.connect(pod, 8080)
+    conn.close()
+
+    assert streams.calls == [("port-forward", HOST_NS, pods.host_pod_name(pod, SETTINGS), 8080)]
+    streams.error = KubeError("403 Forbidden: pods/portforward is forbidden", status=403)
+    with pytest.raises(ProviderError, match="port-forward to the host Pod: 403 Forbidden"):
         provider.connect(pod, 8080)
+
+
+def test_stats_say_they_are_not_supported_yet(make):
+    with pytest.raises(ProviderError, match="not supported yet by the host-cluster backend"):
+        make().stats()
 
 
 def test_facts_name_the_host_version_and_health(make):

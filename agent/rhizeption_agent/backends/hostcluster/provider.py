@@ -13,7 +13,9 @@ the two API servers:
   make a second host Pod (a 409 is checked with ``names.owner_of``);
 - deleting the tenant Pod deletes the host Pod with the tenant's grace period, its token
   Secret and the copies no other Pod uses; a host Pod deleted by someone else fails the
-  tenant Pod (its ReplicaSet makes a new one), as docs/virtual-nodes.md decides.
+  tenant Pod (its ReplicaSet makes a new one), as docs/virtual-nodes.md decides;
+- logs, exec and port-forward go to the host Pod through the host API server (``pods/log``,
+  and the WebSocket streams of ``pods/exec`` and ``pods/portforward``).
 
 Both API servers are reached through the collection's JSON client (kubeapi.Kube, on the
 ``kubernetes`` client's ApiClient): the same layer as the rest of the agent.
@@ -22,15 +24,25 @@ Both API servers are reached through the collection's JSON client (kubeapi.Kube,
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ...kubeapi import Kube, KubeError
-from ...provider import EventSink, ExecSession, LogRequest, NodeFacts, PodView, ProviderError
+from ...provider import (
+    STDERR,
+    STDOUT,
+    EventSink,
+    ExecSession,
+    LogRequest,
+    NodeFacts,
+    PodView,
+    ProviderError,
+)
 from . import names, pods
 from .pods import HostSettings, Placement, Reference
 
@@ -65,6 +77,9 @@ SYNCED_WAIT_SECONDS = 5.0
 # a slow host kubelet), then the core deletes the tenant Pod and forget finishes the job.
 GONE_MARGIN_SECONDS = 15.0
 NOT_SUPPORTED = "not supported yet by the host-cluster backend"
+# The channels of the Kubernetes WebSocket stream protocols (v4/v5.channel.k8s.io).
+STDIN_CHANNEL, STDOUT_CHANNEL, STDERR_CHANNEL, ERROR_CHANNEL, RESIZE_CHANNEL = range(5)
+READ_WAIT_SECONDS = 1.0  # how long one wait for output lasts; close() is seen after it
 
 
 def _now() -> str:
@@ -211,6 +226,113 @@ class HostPods:
             self._stopping.wait(RETRY_SECONDS)
 
 
+class HostStreams(Protocol):
+    """exec and port-forward on a host Pod (what ``kubectl exec`` and ``port-forward`` reach)."""
+
+    def exec(
+        self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool, tty: bool
+    ) -> Any:
+        """A connected stream of the WebSocket channel protocol (``kubernetes`` WSClient)."""
+
+    def port_forward(self, namespace: str, name: str, port: int) -> socket.socket: ...
+
+
+class KubernetesStreams:
+    """HostStreams with the ``kubernetes`` client's WebSocket code.
+
+    Each call gets an ApiClient of its own: ``kubernetes.stream`` swaps its client's
+    ``call_api`` for the length of the call, which would send the requests other threads
+    make on a shared client (the watch, the syncs) over WebSocket too."""
+
+    def __init__(self, configuration: Any) -> None:
+        self.configuration = configuration
+
+    def _core(self) -> Any:
+        import kubernetes  # noqa: PLC0415 (only a running agent needs it)
+
+        return kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(self.configuration))
+
+    def exec(
+        self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool, tty: bool
+    ) -> Any:
+        from kubernetes.stream import stream  # noqa: PLC0415
+
+        core = self._core()
+        return stream(
+            core.connect_get_namespaced_pod_exec,
+            name,
+            namespace,
+            container=container,
+            command=command,
+            stdin=stdin,
+            stdout=True,
+            stderr=not tty,  # a terminal carries both
+            tty=tty,
+            binary=True,
+            _preload_content=False,
+        )
+
+    def port_forward(self, namespace: str, name: str, port: int) -> socket.socket:
+        from kubernetes.stream import portforward  # noqa: PLC0415
+
+        core = self._core()
+        forward = portforward(core.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port))
+        # One end of a socket pair; the client's thread pumps the other end to the WebSocket
+        # until this end is closed.
+        return cast(socket.socket, forward.socket(port))
+
+
+class WebSocketExec:
+    """ExecSession (provider.py) on a WebSocket exec stream of the host API server."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._closed = False
+
+    def read(self) -> tuple[int, bytes] | None:
+        while not self._closed:
+            try:
+                for channel, which in ((STDOUT_CHANNEL, STDOUT), (STDERR_CHANNEL, STDERR)):
+                    data = self.ws.read_channel(channel)
+                    if data:
+                        return which, data if isinstance(data, bytes) else data.encode()
+                if not self.ws.is_open():
+                    return None
+                self.ws.update(timeout=READ_WAIT_SECONDS)
+            except Exception:
+                if self._closed or not self.ws.is_open():
+                    return None  # closed under the read by another thread
+                raise
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.ws.write_stdin(data)
+
+    def close_stdin(self) -> None:
+        self.ws.close_channel(STDIN_CHANNEL)  # v5 only: v4 cannot say end of input
+
+    def resize(self, width: int, height: int) -> None:
+        self.ws.write_channel(RESIZE_CHANNEL, json.dumps({"Width": width, "Height": height}))
+
+    def exit_code(self) -> int:
+        """From the error channel's Status: Success, or the exit code in its causes."""
+        raw = self.ws.read_channel(ERROR_CHANNEL)
+        try:
+            status = json.loads(raw or "{}")
+        except ValueError:
+            return 1
+        if status.get("status") == "Success":
+            return 0
+        for cause in (status.get("details") or {}).get("causes") or []:
+            if cause.get("reason") == "ExitCode":
+                return int(cause.get("message") or 1)
+        return 1  # no code (the connection dropped, the container is gone): a failure
+
+    def close(self) -> None:
+        self._closed = True
+        self.ws.close()
+
+
 class HostClusterProvider:
     """The Provider (provider.py) that runs a tenant's Pods as Pods of the host cluster.
 
@@ -227,8 +349,10 @@ class HostClusterProvider:
         *,
         on_change: Callable[[str], None] | None = None,
         synced_wait: float = SYNCED_WAIT_SECONDS,
+        streams: HostStreams | None = None,
     ) -> None:
         self.host = host
+        self.streams = streams  # made from the host's configuration at the first exec
         self.tenant = tenant
         self.settings = settings
         self.placement = placement
@@ -711,12 +835,44 @@ class HostClusterProvider:
         tty: bool,
         size: tuple[int, int] | None = None,
     ) -> ExecSession:
-        # The host's pods/exec is a WebSocket (v5.channel.k8s.io) stream; bridging it to
-        # ExecSession is item 1's next step (docs/virtual-nodes.md).
-        raise ProviderError(f"exec: {NOT_SUPPORTED}")
+        host_pod = self._running_host_pod(pod)
+        try:
+            ws = self._host_streams().exec(
+                self.settings.namespace,
+                host_pod["metadata"]["name"],
+                container,
+                command,
+                stdin=stdin,
+                tty=tty,
+            )
+        except Exception as e:  # the client raises ApiException(status=0) for a refused upgrade
+            raise ProviderError(f"exec in the host Pod: {getattr(e, 'reason', None) or e}") from e
+        session = WebSocketExec(ws)
+        if tty and size:
+            session.resize(*size)
+        return session
 
     def connect(self, pod: Obj, port: int) -> socket.socket:
-        raise ProviderError(f"port-forward: {NOT_SUPPORTED}")
+        host_pod = self._running_host_pod(pod)
+        try:
+            return self._host_streams().port_forward(
+                self.settings.namespace, host_pod["metadata"]["name"], port
+            )
+        except Exception as e:
+            raise ProviderError(f"port-forward to the host Pod: {getattr(e, 'reason', None) or e}") from e
+
+    def _running_host_pod(self, pod: Obj) -> Obj:
+        host_pod = self.pods.get(pod["metadata"]["uid"])
+        if host_pod is None:
+            raise ProviderError(f"pod {pod['metadata']['name']} has no host Pod")
+        if (host_pod.get("status") or {}).get("phase") != "Running":
+            raise ProviderError(f"pod {pod['metadata']['name']} is not running")
+        return host_pod
+
+    def _host_streams(self) -> HostStreams:
+        if self.streams is None:
+            self.streams = KubernetesStreams(self.host.api.configuration)
+        return self.streams
 
     def stats(self) -> Obj:
         raise ProviderError(f"stats (the host kubelet's summary): {NOT_SUPPORTED}")
