@@ -476,6 +476,19 @@ def test_a_lost_create_answer_is_adopted_after_the_conflict(apis, make):
     assert provider.pods.get("uid-1") is not None
 
 
+def test_an_answer_older_than_a_delete_does_not_bring_the_host_pod_back(apis, make):
+    host, _tenant = apis
+    provider, pod = make(), tenant_pod()
+    provider.sync(pod, Events())
+    answer = host.get(host_pod_path(pod))  # a patch's answer, say, still on its way
+
+    host.remove(host_pod_path(pod))
+    eventually(lambda: provider.pods.get("uid-1") is None)
+    provider.pods.put(answer)
+
+    assert provider.pods.get("uid-1") is None
+
+
 # -- status back ----------------------------------------------------------------------------------
 def test_status_comes_back_from_the_host_pod_through_the_watch(apis, make):
     host, _tenant = apis

@@ -110,8 +110,10 @@ class HostPods:
     """The tenant's host Pods by tenant Pod UID, kept by one list and watch on the tenant
     label (a resync of 500 Pods a second reads memory, not the host API server).
 
-    A Pod the agent just created is put in at once (``put``): a list that began before the
-    create and ends after it would otherwise hide it, and the Pod would look deleted."""
+    A Pod the agent just created or patched is put in at once (``put``): a list that began
+    before the create and ends after it would otherwise hide it, and the Pod would look
+    deleted. A deleted Pod leaves its last version behind, so that the answer to a request
+    made before the delete cannot bring it back."""
 
     def __init__(
         self, kube: Kube, namespace: str, tenant: str, on_change: Callable[[str], None] | None = None
@@ -124,6 +126,7 @@ class HostPods:
         self.error = ""  # why the last list or watch failed; "" while the host answers
         self._pods: dict[str, Obj] = {}
         self._put_at: dict[str, float] = {}
+        self._gone: dict[str, tuple[int, float]] = {}  # uid: (version of its DELETED, when)
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,6 +167,9 @@ class HostPods:
         uid = _uid_of(host_pod)
         with self._changed:
             old = self._pods.get(uid)
+            gone = self._gone.get(uid)
+            if gone is not None and gone[0] >= _version(host_pod):
+                return
             if old is None or _version(old) <= _version(host_pod):
                 now = time.monotonic()
                 self._pods[uid] = host_pod
@@ -177,7 +183,10 @@ class HostPods:
             return
         with self._changed:
             if kind == "DELETED":
+                now = time.monotonic()
                 self._pods.pop(uid, None)
+                self._gone = {u: g for u, g in self._gone.items() if now - g[1] < PUT_KEPT_SECONDS}
+                self._gone[uid] = (_version(host_pod), now)
             else:
                 old = self._pods.get(uid)
                 if old is not None and _version(old) > _version(host_pod):
