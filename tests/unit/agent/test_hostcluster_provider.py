@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from rhizeption_agent.backends.hostcluster import names, pods
+from rhizeption_agent.backends.hostcluster import provider as hostcluster_provider
 from rhizeption_agent.backends.hostcluster.pods import HostSettings, Placement
 from rhizeption_agent.backends.hostcluster.provider import HostClusterProvider, WebSocketExec
 from rhizeption_agent.kubeapi import KubeError
@@ -563,14 +564,17 @@ def test_pod_security_refusal_fails_the_pod_naming_the_field_and_makes_nothing(a
     assert tenant.calls == []
 
 
-def test_a_missing_reference_keeps_the_pod_pending_naming_it_until_it_exists(apis, make):
+def test_a_missing_reference_keeps_the_pod_pending_naming_it_until_it_exists(apis, make, monkeypatch):
     host, tenant = apis
     tenant.remove("/api/v1/namespaces/shop/secrets/db")
     provider, events, pod = make(), Events(), tenant_pod()
 
     status = provider.sync(pod, events)
-    provider.sync(pod, events)
+    pod["status"] = status  # as the core posted it
+    monkeypatch.setattr(hostcluster_provider, "_now", lambda: "2026-11-23T23:59:59Z")  # a second later
+    again = provider.sync(pod, events)
 
+    assert again == status  # nothing new: the core writes nothing
     assert status["phase"] == "Pending"
     assert status["reason"] == "MissingReference"
     assert 'secret "db" not found' in status["message"]

@@ -635,18 +635,29 @@ class HostClusterProvider:
         self._tell(pod, emit, reason, message)
         old = pod.get("status") or {}
         now = _now()
-        kept = [c for c in old.get("conditions") or [] if c.get("type") not in ("Ready", "ContainersReady")]
-        not_ready = {"status": "False", "reason": reason, "message": message, "lastProbeTime": None}
+        before = {c.get("type"): c for c in old.get("conditions") or []}
+        kept = [c for t, c in before.items() if t not in ("Ready", "ContainersReady")]
+
+        def not_ready(ctype: str) -> Obj:
+            # The time of the change to False, not of this sync: the same status every second
+            # is not written again.
+            since = before.get(ctype) or {}
+            when = since.get("lastTransitionTime") if since.get("status") == "False" else None
+            return {
+                "type": ctype,
+                "status": "False",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": None,
+                "lastTransitionTime": when or now,
+            }
+
         status: Obj = {
             "phase": "Pending",
             "reason": reason,
             "message": message,
             "startTime": old.get("startTime") or now,
-            "conditions": [
-                *kept,
-                {"type": "ContainersReady", **not_ready, "lastTransitionTime": now},
-                {"type": "Ready", **not_ready, "lastTransitionTime": now},
-            ],
+            "conditions": [*kept, not_ready("ContainersReady"), not_ready("Ready")],
             "containerStatuses": [
                 {
                     "name": c["name"],
