@@ -443,17 +443,18 @@ def test_only_the_referenced_configmaps_and_secrets_are_copied(apis, make):
 
 
 def test_a_second_sync_and_a_second_agent_make_no_second_host_pod_and_no_requests(apis, make):
-    host, _tenant = apis
+    host, tenant = apis
     pod = tenant_pod()
     provider = make()
     provider.sync(pod, Events())
-    before = list(host.calls)
+    before, tenant_before = list(host.calls), list(tenant.calls)
 
     provider.sync(pod, Events())
     provider.sync(pod, Events())
 
     # Steady state reads the watch's cache: no request at all.
     assert [c for c in host.calls[len(before) :] if c[0] != "WATCH"] == []
+    assert tenant.calls == tenant_before
     other = make()  # another agent (or this one restarted) with the same Pod
     other.sync(pod, Events())
     assert host.count("POST", HOST_PODS) == 1
@@ -528,6 +529,24 @@ def test_tenant_label_and_image_changes_reach_the_running_host_pod(apis, make):
     assert names.host_label_key("app") not in labels
     assert labels[names.UID_LABEL] == "uid-1"
     assert host_pod["spec"]["containers"][0]["image"] == "localhost/shop/web:2"
+
+
+def test_copies_follow_the_tenant_objects_while_pods_use_them(apis, make):
+    host, tenant = apis
+    provider, pod = make(copy_resync_seconds=0), tenant_pod()
+    provider.sync(pod, Events())
+    copied = f"/api/v1/namespaces/{HOST_NS}/configmaps/{copy_name('configmap', 'settings')}"
+    writes = host.count("APPLY", copied)
+
+    provider.sync(pod, Events())  # read again, unchanged: not written again
+    assert host.count("APPLY", copied) == writes
+    tenant.seed(configmap("settings", {"mode": "canary"}))
+    provider.sync(pod, Events())
+
+    assert host.get(copied)["data"] == {"mode": "canary"}
+    tenant.remove("/api/v1/namespaces/shop/configmaps/settings")
+    provider.sync(pod, Events())  # gone in the tenant: the copy keeps its last data
+    assert host.get(copied)["data"] == {"mode": "canary"}
 
 
 def test_tokens_are_renewed_when_due(apis, make):

@@ -71,6 +71,10 @@ WATCH_SECONDS = 300
 # seconds at most; one that takes longer is followed by a watch that brings the Pod anyway).
 PUT_KEPT_SECONDS = 60.0
 RETRY_SECONDS = 1.0
+# How often the tenant object behind a copy is read again while Pods use it: one GET per
+# object and minute, whichever the number of Pods sharing it (the kubelet's own ConfigMap
+# and Secret caches take about as long).
+COPY_RESYNC_SECONDS = 60.0
 # A worker waits this long for the first list of host Pods before it answers "nothing new".
 SYNCED_WAIT_SECONDS = 5.0
 # terminate waits for the host Pod to go this long past the grace period (image pulls,
@@ -358,6 +362,7 @@ class HostClusterProvider:
         *,
         on_change: Callable[[str], None] | None = None,
         synced_wait: float = SYNCED_WAIT_SECONDS,
+        copy_resync_seconds: float = COPY_RESYNC_SECONDS,
         streams: HostStreams | None = None,
     ) -> None:
         self.host = host
@@ -372,6 +377,9 @@ class HostClusterProvider:
         # written: the garbage collection of copies never deletes one a create is about to use.
         self._needs: dict[str, set[str]] = {}
         self._needs_lock = threading.Lock()
+        self.copy_resync_seconds = copy_resync_seconds
+        self._checked_at: dict[str, float] = {}  # copy: when its tenant object was last read
+        self._copied: dict[str, str] = {}  # copy: the tenant object's resourceVersion it holds
         self._seen: set[str] = set()  # tenant Pods whose host Pod this agent has seen
         self._released: set[str] = set()  # terminated here: forget has nothing left to do
         self._renew_at: dict[str, float] = {}  # wall-clock time to renew a Pod's tokens
@@ -452,6 +460,7 @@ class HostClusterProvider:
                 self._tell(pod, emit, REASON_FAILED_UPDATE, str(e))
                 return pods.tenant_status(host_pod, pod, placement.node_address, _now())
             self._renew_tokens(pod, emit)
+            self._refresh_copies(pod, emit)
         self._told.pop(uid, None)
         return pods.tenant_status(host_pod, pod, placement.node_address, _now())
 
@@ -546,6 +555,8 @@ class HostClusterProvider:
 
     def _copy(self, namespace: str, ref: Reference) -> None:
         plural = COPY_KINDS[ref.kind]
+        key = self._copy_name(namespace, ref)
+        self._checked_at[key] = time.monotonic()
         obj = self.tenant.get(f"/api/v1/namespaces/{namespace}/{plural}/{ref.name}")
         if obj is None:
             if ref.optional:
@@ -554,8 +565,28 @@ class HostClusterProvider:
                 REASON_MISSING_REFERENCE,
                 f'{ref.kind} "{ref.name}" not found in namespace {namespace}: the Pod waits for it',
             )
+        version = obj["metadata"].get("resourceVersion")
+        if version and self._copied.get(key) == version:
+            return  # this version is in the host already
         obj.setdefault("kind", "ConfigMap" if ref.kind == "configmap" else "Secret")
         self._put_owned(plural, pods.host_copy(obj, self.settings), (ref.kind, namespace, ref.name))
+        self._copied[key] = version or ""
+
+    def _refresh_copies(self, pod: Obj, emit: EventSink) -> None:
+        """Carry changes of the tenant objects a running Pod reads to their copies, each
+        object looked at every ``copy_resync_seconds`` whichever Pods share it (the host
+        kubelet then updates the mounted files, as a kubelet does in its own time)."""
+        namespace = pod["metadata"]["namespace"]
+        now = time.monotonic()
+        for ref in pods.references(pod):
+            if now - self._checked_at.get(self._copy_name(namespace, ref), 0.0) < self.copy_resync_seconds:
+                continue
+            try:
+                self._copy(namespace, ref)
+            except _Wait:
+                pass  # deleted in the tenant: the copy keeps its last data, as a kubelet's volume does
+            except KubeError as e:
+                self._tell(pod, emit, "FailedCopy", f"{ref.kind} {ref.name}: {e}")
 
     def _put_owned(self, plural: str, want: Obj, owner: tuple[str, str, str]) -> None:
         """Create or update host object WANT unless a host object of that name is not ours."""
@@ -788,6 +819,8 @@ class HostClusterProvider:
             for copy_name in sorted(candidates - needed):
                 kind, host_name = copy_name.split("/", 1)
                 self._delete_owned(COPY_KINDS[kind], host_name, kind, "")
+                self._copied.pop(copy_name, None)
+                self._checked_at.pop(copy_name, None)
 
     def _delete_owned(self, plural: str, name: str, kind: str, uid: str) -> None:
         """Delete host object NAME if the agent made it for this tenant as KIND (and for
