@@ -155,6 +155,10 @@ class FakeApi:
             items = [o for o in self.at(path).values() if _matches(o, label_selector)]
             return items, str(max([v for v, *_ in self.events], default=1))
 
+    def list_pages(self, path: str, page_size: int = 500, **selectors: Any) -> Iterator[Obj]:
+        items, version = self.list(path, **selectors)
+        yield {"metadata": {"resourceVersion": version}, "items": items[:page_size]}
+
     def watch(
         self, path: str, version: str, label_selector: str | None = None, **_: Any
     ) -> Iterator[tuple[str, Obj]]:
@@ -715,6 +719,44 @@ def test_stop_containers_deletes_a_running_host_pod_and_keeps_an_ended_one(apis,
     eventually(lambda: (provider.pods.get("uid-9") or {}).get("status"))
     provider.stop_containers(ended, 5, Events())
     assert list(host.at(HOST_PODS)) == [pods.host_pod_name(ended, SETTINGS)]  # kept for its logs
+
+
+def test_host_events_of_a_host_pod_are_told_to_its_tenant_pod_in_its_names(apis, make):
+    host, _tenant = apis
+    told = Events()
+    events_path = f"/api/v1/namespaces/{HOST_NS}/events"
+
+    def host_event(name: str, reason: str, message: str, pod_name: str) -> None:
+        host.seed(
+            {
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": HOST_NS},
+                "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": HOST_NS},
+                "type": "Warning" if reason != "Scheduled" else "Normal",
+                "reason": reason,
+                "message": message,
+            }
+        )
+
+    pod = tenant_pod()
+    host_name = pods.host_pod_name(pod, SETTINGS)
+    host_event("old", "BackOff", "from before the agent started", host_name)
+    provider = make(events=told)
+    provider.sync(pod, Events())
+    eventually(lambda: ("WATCH", events_path) in host.calls)
+
+    host_event("e1", "Scheduled", f"Successfully assigned {HOST_NS}/{host_name} to node-b", host_name)
+    host_event(
+        "e2", "Failed", f'Failed to pull image "localhost/shop/web:1" for {HOST_NS}/{host_name}', host_name
+    )
+    host_event("e3", "Failed", "about a Pod of no tenant Pod", "someone-elses")
+    host_event("e4", "BackOff", "Back-off pulling image", host_name)  # after e3 in the watch
+
+    eventually(lambda: len(told) == 2)
+    assert told == [
+        ("web-1", "Warning", "Failed", 'Failed to pull image "localhost/shop/web:1" for shop/web-1'),
+        ("web-1", "Warning", "BackOff", "Back-off pulling image"),
+    ]
 
 
 # -- adoption after a restart ---------------------------------------------------------------------

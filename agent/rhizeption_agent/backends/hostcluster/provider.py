@@ -219,24 +219,110 @@ class HostPods:
         return version
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                version = self.relist()
-                while not self._stopping.is_set():
-                    for kind, obj in self.kube.watch(
-                        self.path, version, label_selector=self.selector, timeout_seconds=WATCH_SECONDS
-                    ):
-                        version = obj["metadata"].get("resourceVersion", version)
-                        if kind != "BOOKMARK":
-                            self._apply(kind, obj)
-                        if self._stopping.is_set():
-                            return
-            except Exception as e:  # 410 Gone, an API server restart, a network error: list again
-                if self._stopping.is_set():
-                    return
-                self.error = f"{type(e).__name__}: {e}"
-                LOG.warning("host pod watch ended (%s); listing again", self.error)
-            self._stopping.wait(RETRY_SECONDS)
+        def failed(error: str) -> None:
+            self.error = error
+            LOG.warning("host pod watch ended (%s); listing again", error)
+
+        _list_and_watch(
+            self.kube,
+            self.path,
+            selectors={"label_selector": self.selector},
+            start=self.relist,
+            handle=self._apply,
+            stopping=self._stopping,
+            failed=failed,
+        )
+
+
+def _list_and_watch(
+    kube: Kube,
+    path: str,
+    *,
+    selectors: dict[str, str],
+    start: Callable[[], str],
+    handle: Callable[[str, Obj], None],
+    stopping: threading.Event,
+    failed: Callable[[str], None],
+) -> None:
+    """START (a list; it returns the version to watch from), then HANDLE each change the
+    watch brings, until STOPPING; a broken watch (410 Gone, an API server restart, a
+    network error) is said to FAILED and starts over with a list."""
+    while not stopping.is_set():
+        try:
+            version = start()
+            while not stopping.is_set():
+                for kind, obj in kube.watch(path, version, timeout_seconds=WATCH_SECONDS, **selectors):
+                    version = obj["metadata"].get("resourceVersion", version)
+                    if kind != "BOOKMARK":
+                        handle(kind, obj)
+                    if stopping.is_set():
+                        return
+        except Exception as e:
+            if stopping.is_set():
+                return
+            failed(f"{type(e).__name__}: {e}")
+        stopping.wait(RETRY_SECONDS)
+
+
+class HostEvents:
+    """The host's Events about the tenant's host Pods, told to their tenant Pods: why a
+    host Pod does not start or restarts (image pulls, mounts, probes, the host scheduler),
+    as ``kubectl describe pod`` shows a kubelet's. Only Events newer than the agent's
+    start: the tenant has the older ones already, or never needed them."""
+
+    # The host scheduler's placement names a host node; the tenant's scheduler told its own.
+    SKIPPED_REASONS = frozenset({"Scheduled"})
+
+    def __init__(self, kube: Kube, namespace: str, host_pods: HostPods, emit: EventSink) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.path = f"/api/v1/namespaces/{namespace}/events"
+        self.selector = "involvedObject.kind=Pod"
+        self.host_pods = host_pods
+        self.emit = emit
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="host-events", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _now_version(self) -> str:
+        # One item is enough: the list's version is where the watch starts, its items are old.
+        page = next(self.kube.list_pages(self.path, field_selector=self.selector, page_size=1))
+        return str((page.get("metadata") or {}).get("resourceVersion", ""))
+
+    def handle(self, kind: str, event: Obj) -> None:
+        if kind == "DELETED" or event.get("reason") in self.SKIPPED_REASONS:
+            return
+        host_name = (event.get("involvedObject") or {}).get("name", "")
+        host_pod = self.host_pods.named(host_name)
+        if host_pod is None:
+            return  # not a Pod of this tenant's, or gone already
+        meta = host_pod["metadata"]
+        namespace = meta["labels"].get(names.NAMESPACE_LABEL, "")
+        name = (meta.get("annotations") or {}).get(names.NAME_ANNOTATION, "")
+        tenant_pod = {"metadata": {"namespace": namespace, "name": name, "uid": _uid_of(host_pod)}}
+        # The tenant knows its Pod by its own names, not the host's.
+        message = (event.get("message") or "").replace(host_name, name).replace(self.namespace, namespace)
+        self.emit(tenant_pod, event.get("type") or "Normal", event.get("reason") or "", message)
+
+    def _run(self) -> None:
+        _list_and_watch(
+            self.kube,
+            self.path,
+            selectors={"field_selector": self.selector},
+            start=self._now_version,
+            handle=self.handle,
+            stopping=self._stopping,
+            failed=lambda error: LOG.warning("host event watch ended (%s); starting again", error),
+        )
 
 
 class HostStreams(Protocol):
@@ -364,6 +450,7 @@ class HostClusterProvider:
         synced_wait: float = SYNCED_WAIT_SECONDS,
         copy_resync_seconds: float = COPY_RESYNC_SECONDS,
         streams: HostStreams | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.host = host
         self.streams = streams  # made from the host's configuration at the first exec
@@ -372,6 +459,10 @@ class HostClusterProvider:
         self.placement = placement
         self.synced_wait = synced_wait
         self.pods = HostPods(host, settings.namespace, settings.tenant, on_change)
+        # The core's EventSink (agent.events): host Events go to the tenant Pods through it.
+        self.host_events = (
+            HostEvents(host, settings.namespace, self.pods, events) if events is not None else None
+        )
         self._host_version = ""
         # Copies each live tenant Pod needs, by host name, registered before they are
         # written: the garbage collection of copies never deletes one a create is about to use.
@@ -386,10 +477,15 @@ class HostClusterProvider:
         self._told: dict[str, tuple[str, str]] = {}  # the last Warning per Pod: not repeated
 
     def start(self) -> None:
+        """Start the watches (also done by the first call that needs them)."""
         self.pods.start()
+        if self.host_events is not None:
+            self.host_events.start()
 
     def stop(self) -> None:
         self.pods.stop()
+        if self.host_events is not None:
+            self.host_events.stop()
 
     # -- paths ---------------------------------------------------------------------------
     def _host_path(self, plural: str, name: str = "", sub: str = "") -> str:
@@ -405,12 +501,13 @@ class HostClusterProvider:
             except Exception as e:
                 return NodeFacts("hostcluster://unknown", healthy=False, message=f"host cluster: {e}")
         version = f"hostcluster://{self._host_version or 'unknown'}"
-        self.pods.start()
+        self.start()
         if self.pods.error:
             return NodeFacts(version, healthy=False, message=f"host cluster: {self.pods.error}")
         return NodeFacts(version, healthy=True)
 
     def running_pods(self) -> list[PodView]:
+        self.start()
         if not self.pods.wait_synced(self.synced_wait):
             raise ProviderError(f"the host Pods are not listed yet: {self.pods.error or 'waiting'}")
         return [
@@ -426,6 +523,7 @@ class HostClusterProvider:
     # -- one step of one Pod -------------------------------------------------------------
     def sync(self, pod: Obj, emit: EventSink) -> Obj:
         uid = pod["metadata"]["uid"]
+        self.start()
         if not self.pods.wait_synced(self.synced_wait):
             return pod.get("status") or {}  # nothing known yet: nothing new to report
         placement = self.placement(pod["spec"].get("nodeName", ""))
