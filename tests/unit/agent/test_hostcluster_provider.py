@@ -567,6 +567,16 @@ def test_tokens_are_renewed_when_due(apis, make):
     token = f"/api/v1/namespaces/{HOST_NS}/secrets/{names.token_secret_name('blue', 'shop', 'web-1')}"
     assert host.count("APPLY", token) == 2
 
+    # A renewal the tenant refuses: the Pod runs on, told once, asked again later, not every second.
+    tenant.no_tokens_for.add("web")
+    provider._renew_at["uid-1"] = time.time() - 1
+    events = Events()
+    status = provider.sync(pod, events)
+    provider.sync(pod, events)
+    assert tenant.count("POST", "/api/v1/namespaces/shop/serviceaccounts/web/token") == 3
+    assert events.reasons() == ["FailedTokenRequest"]
+    assert status.get("reason") != "FailedTokenRequest"  # the status is the host Pod's
+
 
 # -- what does not start --------------------------------------------------------------------------
 def test_pod_security_refusal_fails_the_pod_naming_the_field_and_makes_nothing(apis, make):

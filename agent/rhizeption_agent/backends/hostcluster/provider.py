@@ -66,6 +66,7 @@ OWN_KEY_PREFIXES = (
     f"{names.TENANT_ANNOTATIONS_PREFIX}/",
 )
 TOKEN_RENEW_FRACTION = 0.8  # as the kubelet: a token is renewed at 80 % of its life
+TOKEN_RETRY_SECONDS = 10.0  # a renewal the tenant refused is asked again after this
 WATCH_SECONDS = 300
 # How long a Pod put in by the agent outranks a list that began earlier (a list takes
 # seconds at most; one that takes longer is followed by a watch that brings the Pod anyway).
@@ -453,11 +454,12 @@ class HostClusterProvider:
         events: EventSink | None = None,
     ) -> None:
         self.host = host
-        self.streams = streams  # made from the host's configuration at the first exec
         self.tenant = tenant
         self.settings = settings
         self.placement = placement
         self.synced_wait = synced_wait
+        self.copy_resync_seconds = copy_resync_seconds
+        self.streams = streams  # made from the host's configuration at the first exec
         self.pods = HostPods(host, settings.namespace, settings.tenant, on_change)
         # The core's EventSink (agent.events): host Events go to the tenant Pods through it.
         self.host_events = (
@@ -468,7 +470,6 @@ class HostClusterProvider:
         # written: the garbage collection of copies never deletes one a create is about to use.
         self._needs: dict[str, set[str]] = {}
         self._needs_lock = threading.Lock()
-        self.copy_resync_seconds = copy_resync_seconds
         self._checked_at: dict[str, float] = {}  # copy: when its tenant object was last read
         self._copied: dict[str, str] = {}  # copy: the tenant object's resourceVersion it holds
         self._seen: set[str] = set()  # tenant Pods whose host Pod this agent has seen
@@ -550,6 +551,7 @@ class HostClusterProvider:
                 return self._waiting(pod, placement.node_address, w.reason, w.message, emit)
             except KubeError as e:  # a host quota, a denied write: the tenant sees why
                 return self._waiting(pod, placement.node_address, REASON_FAILED_CREATE, str(e), emit)
+            self._told.pop(uid, None)  # a cause that comes back is told again
         else:
             self._seen.add(uid)
             try:
@@ -559,7 +561,6 @@ class HostClusterProvider:
                 return pods.tenant_status(host_pod, pod, placement.node_address, _now())
             self._renew_tokens(pod, emit)
             self._refresh_copies(pod, emit)
-        self._told.pop(uid, None)
         return pods.tenant_status(host_pod, pod, placement.node_address, _now())
 
     def _ran(self, pod: Obj) -> bool:
@@ -745,10 +746,14 @@ class HostClusterProvider:
             return
         try:
             self._write_tokens(pod)
-        except _Wait as w:  # the Pod runs on with the tokens it has; said once
-            self._tell(pod, emit, w.reason, w.message)
-        except KubeError as e:
-            self._tell(pod, emit, REASON_TOKEN, str(e))
+            return
+        except _Wait as w:
+            reason, message = w.reason, w.message
+        except KubeError as e:  # writing the token Secret
+            reason, message = REASON_TOKEN, str(e)
+        # The Pod runs on with the tokens it has; said once, asked again a little later.
+        self._renew_at[pod["metadata"]["uid"]] = time.time() + TOKEN_RETRY_SECONDS
+        self._tell(pod, emit, reason, message)
 
     # -- statuses of a Pod that does not run (yet) ---------------------------------------
     def _tell(self, pod: Obj, emit: EventSink, reason: str, message: str) -> None:
