@@ -19,7 +19,8 @@ import pytest
 from rhizeption_agent.backends.hostcluster import names, pods
 from rhizeption_agent.backends.hostcluster import provider as hostcluster_provider
 from rhizeption_agent.backends.hostcluster.pods import HostSettings, Placement
-from rhizeption_agent.backends.hostcluster.provider import HostClusterProvider, WebSocketExec
+from rhizeption_agent.backends.hostcluster.provider import HostClusterProvider
+from rhizeption_agent.backends.hostcluster.streams import WebSocketExec
 from rhizeption_agent.kubeapi import KubeError
 from rhizeption_agent.provider import STDERR, STDOUT, LogRequest, ProviderError
 

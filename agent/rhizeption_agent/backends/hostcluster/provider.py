@@ -5,8 +5,8 @@ second; the pure modules decide (``pods``: refusals, references, tokens, the hos
 status back; ``names``: host names and ownership), and this file only reads and writes
 the two API servers:
 
-- host Pods are known from ONE list-and-watch of the tenant's host Pods (``HostPods``), so a
-  resync costs no request; a change wakes the Pod's worker (``on_change``);
+- host Pods are known from ONE list-and-watch of the tenant's host Pods (``watches.HostPods``),
+  so a resync costs no request; a change wakes the Pod's worker (``on_change``);
 - a host Pod is made once: the ConfigMaps and Secrets it references are copied first, its
   service-account tokens come from the tenant's TokenRequest API, and the create is by a
   name derived from the tenant Pod, so a second sync, a second agent or a restart can never
@@ -15,7 +15,8 @@ the two API servers:
   Secret and the copies no other Pod uses; a host Pod deleted by someone else fails the
   tenant Pod (its ReplicaSet makes a new one), as docs/virtual-nodes.md decides;
 - logs, exec and port-forward go to the host Pod through the host API server (``pods/log``,
-  and the WebSocket streams of ``pods/exec`` and ``pods/portforward``).
+  and the WebSocket streams of ``pods/exec`` and ``pods/portforward``: ``streams``); the
+  host's Events about a host Pod are told to its tenant Pod (``watches.HostEvents``).
 
 Both API servers are reached through the collection's JSON client (kubeapi.Kube, on the
 ``kubernetes`` client's ApiClient): the same layer as the rest of the agent.
@@ -24,27 +25,19 @@ Both API servers are reached through the collection's JSON client (kubeapi.Kube,
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, cast
+from typing import Any
 
 from ...kubeapi import Kube, KubeError
-from ...provider import (
-    STDERR,
-    STDOUT,
-    EventSink,
-    ExecSession,
-    LogRequest,
-    NodeFacts,
-    PodView,
-    ProviderError,
-)
+from ...provider import EventSink, ExecSession, LogRequest, NodeFacts, PodView, ProviderError
 from . import names, pods
 from .pods import HostSettings, Placement, Reference
+from .streams import HostStreams, KubernetesStreams, WebSocketExec
+from .watches import HostEvents, HostPods, uid_of
 
 LOG = logging.getLogger("rhizeption_agent.hostcluster")
 Obj = dict[str, Any]
@@ -67,11 +60,6 @@ OWN_KEY_PREFIXES = (
 )
 TOKEN_RENEW_FRACTION = 0.8  # as the kubelet: a token is renewed at 80 % of its life
 TOKEN_RETRY_SECONDS = 10.0  # a renewal the tenant refused is asked again after this
-WATCH_SECONDS = 300
-# How long a Pod put in by the agent outranks a list that began earlier (a list takes
-# seconds at most; one that takes longer is followed by a watch that brings the Pod anyway).
-PUT_KEPT_SECONDS = 60.0
-RETRY_SECONDS = 1.0
 # How often the tenant object behind a copy is read again while Pods use it: one GET per
 # object and minute, whichever the number of Pods sharing it (the kubelet's own ConfigMap
 # and Secret caches take about as long).
@@ -82,24 +70,10 @@ SYNCED_WAIT_SECONDS = 5.0
 # a slow host kubelet), then the core deletes the tenant Pod and forget finishes the job.
 GONE_MARGIN_SECONDS = 15.0
 NOT_SUPPORTED = "not supported yet by the host-cluster backend"
-# The channels of the Kubernetes WebSocket stream protocols (v4/v5.channel.k8s.io).
-STDIN_CHANNEL, STDOUT_CHANNEL, STDERR_CHANNEL, ERROR_CHANNEL, RESIZE_CHANNEL = range(5)
-READ_WAIT_SECONDS = 1.0  # how long one wait for output lasts; close() is seen after it
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _version(obj: Obj) -> int:
-    try:
-        return int(obj["metadata"].get("resourceVersion") or 0)
-    except ValueError:  # opaque by contract; numeric on every API server in use
-        return 0
-
-
-def _uid_of(host_pod: Obj) -> str:
-    return (host_pod["metadata"].get("labels") or {}).get(names.UID_LABEL, "")
 
 
 class _Wait(Exception):
@@ -109,328 +83,6 @@ class _Wait(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-class HostPods:
-    """The tenant's host Pods by tenant Pod UID, kept by one list and watch on the tenant
-    label (a resync of 500 Pods a second reads memory, not the host API server).
-
-    A Pod the agent just created or patched is put in at once (``put``): a list that began
-    before the create and ends after it would otherwise hide it, and the Pod would look
-    deleted. A deleted Pod leaves its last version behind, so that the answer to a request
-    made before the delete cannot bring it back."""
-
-    def __init__(
-        self, kube: Kube, namespace: str, tenant: str, on_change: Callable[[str], None] | None = None
-    ) -> None:
-        self.kube = kube
-        self.path = f"/api/v1/namespaces/{namespace}/pods"
-        self.selector = f"{names.TENANT_LABEL}={tenant},{names.KIND_LABEL}=pod"
-        self.on_change = on_change
-        self.synced = threading.Event()
-        self.error = ""  # why the last list or watch failed; "" while the host answers
-        self._pods: dict[str, Obj] = {}
-        self._put_at: dict[str, float] = {}
-        self._gone: dict[str, tuple[int, float]] = {}  # uid: (version of its DELETED, when)
-        self._changed = threading.Condition()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        with self._changed:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="host-pods", daemon=True)
-                self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def wait_synced(self, timeout: float) -> bool:
-        self.start()
-        return self.synced.wait(timeout)
-
-    # -- reads ---------------------------------------------------------------------------
-    def get(self, uid: str) -> Obj | None:
-        with self._changed:
-            return self._pods.get(uid)
-
-    def all(self) -> dict[str, Obj]:
-        with self._changed:
-            return dict(self._pods)
-
-    def named(self, name: str) -> Obj | None:
-        """The host Pod called NAME, whichever tenant Pod it stands for."""
-        with self._changed:
-            return next((p for p in self._pods.values() if p["metadata"]["name"] == name), None)
-
-    def wait_gone(self, uid: str, timeout: float) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: uid not in self._pods, timeout)
-
-    # -- writes (from this agent's own requests, and from the watch) ---------------------
-    def put(self, host_pod: Obj) -> None:
-        uid = _uid_of(host_pod)
-        with self._changed:
-            old = self._pods.get(uid)
-            gone = self._gone.get(uid)
-            if gone is not None and gone[0] >= _version(host_pod):
-                return
-            if old is None or _version(old) <= _version(host_pod):
-                now = time.monotonic()
-                self._pods[uid] = host_pod
-                self._put_at = {u: at for u, at in self._put_at.items() if now - at < PUT_KEPT_SECONDS}
-                self._put_at[uid] = now
-                self._changed.notify_all()
-
-    def _apply(self, kind: str, host_pod: Obj) -> None:
-        uid = _uid_of(host_pod)
-        if not uid:
-            return
-        with self._changed:
-            if kind == "DELETED":
-                now = time.monotonic()
-                self._pods.pop(uid, None)
-                self._gone = {u: g for u, g in self._gone.items() if now - g[1] < PUT_KEPT_SECONDS}
-                self._gone[uid] = (_version(host_pod), now)
-            else:
-                old = self._pods.get(uid)
-                if old is not None and _version(old) > _version(host_pod):
-                    return
-                self._pods[uid] = host_pod
-            self._changed.notify_all()
-        if self.on_change is not None:
-            self.on_change(uid)
-
-    def relist(self) -> str:
-        began = time.monotonic()
-        items, version = self.kube.list(self.path, label_selector=self.selector)
-        listed = {_uid_of(p): p for p in items if _uid_of(p)}
-        with self._changed:
-            for uid, at in self._put_at.items():
-                if at > began and uid in self._pods and uid not in listed:
-                    listed[uid] = self._pods[uid]  # created after the list was read
-            changed = {u for u in set(listed) | set(self._pods) if listed.get(u) is not self._pods.get(u)}
-            self._pods = listed
-            self._changed.notify_all()
-        self.error = ""
-        self.synced.set()
-        if self.on_change is not None:
-            for uid in changed:
-                self.on_change(uid)
-        return version
-
-    def _run(self) -> None:
-        def failed(error: str) -> None:
-            self.error = error
-            LOG.warning("host pod watch ended (%s); listing again", error)
-
-        _list_and_watch(
-            self.kube,
-            self.path,
-            selectors={"label_selector": self.selector},
-            start=self.relist,
-            handle=self._apply,
-            stopping=self._stopping,
-            failed=failed,
-        )
-
-
-def _list_and_watch(
-    kube: Kube,
-    path: str,
-    *,
-    selectors: dict[str, str],
-    start: Callable[[], str],
-    handle: Callable[[str, Obj], None],
-    stopping: threading.Event,
-    failed: Callable[[str], None],
-) -> None:
-    """START (a list; it returns the version to watch from), then HANDLE each change the
-    watch brings, until STOPPING; a broken watch (410 Gone, an API server restart, a
-    network error) is said to FAILED and starts over with a list."""
-    while not stopping.is_set():
-        try:
-            version = start()
-            while not stopping.is_set():
-                for kind, obj in kube.watch(path, version, timeout_seconds=WATCH_SECONDS, **selectors):
-                    version = obj["metadata"].get("resourceVersion", version)
-                    if kind != "BOOKMARK":
-                        handle(kind, obj)
-                    if stopping.is_set():
-                        return
-        except Exception as e:
-            if stopping.is_set():
-                return
-            failed(f"{type(e).__name__}: {e}")
-        stopping.wait(RETRY_SECONDS)
-
-
-class HostEvents:
-    """The host's Events about the tenant's host Pods, told to their tenant Pods: why a
-    host Pod does not start or restarts (image pulls, mounts, probes, the host scheduler),
-    as ``kubectl describe pod`` shows a kubelet's. Only Events newer than the agent's
-    start: the tenant has the older ones already, or never needed them."""
-
-    # The host scheduler's placement names a host node; the tenant's scheduler told its own.
-    SKIPPED_REASONS = frozenset({"Scheduled"})
-
-    def __init__(self, kube: Kube, namespace: str, host_pods: HostPods, emit: EventSink) -> None:
-        self.kube = kube
-        self.namespace = namespace
-        self.path = f"/api/v1/namespaces/{namespace}/events"
-        self.selector = "involvedObject.kind=Pod"
-        self.host_pods = host_pods
-        self.emit = emit
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="host-events", daemon=True)
-                self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    def _now_version(self) -> str:
-        # One item is enough: the list's version is where the watch starts, its items are old.
-        page = next(self.kube.list_pages(self.path, field_selector=self.selector, page_size=1))
-        return str((page.get("metadata") or {}).get("resourceVersion", ""))
-
-    def handle(self, kind: str, event: Obj) -> None:
-        if kind == "DELETED" or event.get("reason") in self.SKIPPED_REASONS:
-            return
-        host_name = (event.get("involvedObject") or {}).get("name", "")
-        host_pod = self.host_pods.named(host_name)
-        if host_pod is None:
-            return  # not a Pod of this tenant's, or gone already
-        meta = host_pod["metadata"]
-        namespace = meta["labels"].get(names.NAMESPACE_LABEL, "")
-        name = (meta.get("annotations") or {}).get(names.NAME_ANNOTATION, "")
-        tenant_pod = {"metadata": {"namespace": namespace, "name": name, "uid": _uid_of(host_pod)}}
-        # The tenant knows its Pod by its own names, not the host's.
-        message = (event.get("message") or "").replace(host_name, name).replace(self.namespace, namespace)
-        self.emit(tenant_pod, event.get("type") or "Normal", event.get("reason") or "", message)
-
-    def _run(self) -> None:
-        _list_and_watch(
-            self.kube,
-            self.path,
-            selectors={"field_selector": self.selector},
-            start=self._now_version,
-            handle=self.handle,
-            stopping=self._stopping,
-            failed=lambda error: LOG.warning("host event watch ended (%s); starting again", error),
-        )
-
-
-class HostStreams(Protocol):
-    """exec and port-forward on a host Pod (what ``kubectl exec`` and ``port-forward`` reach)."""
-
-    def exec(
-        self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool, tty: bool
-    ) -> Any:
-        """A connected stream of the WebSocket channel protocol (``kubernetes`` WSClient)."""
-
-    def port_forward(self, namespace: str, name: str, port: int) -> socket.socket: ...
-
-
-class KubernetesStreams:
-    """HostStreams with the ``kubernetes`` client's WebSocket code.
-
-    Each call gets an ApiClient of its own: ``kubernetes.stream`` swaps its client's
-    ``call_api`` for the length of the call, which would send the requests other threads
-    make on a shared client (the watch, the syncs) over WebSocket too."""
-
-    def __init__(self, configuration: Any) -> None:
-        self.configuration = configuration
-
-    def _core(self) -> Any:
-        import kubernetes  # noqa: PLC0415 (only a running agent needs it)
-
-        return kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(self.configuration))
-
-    def exec(
-        self, namespace: str, name: str, container: str, command: list[str], *, stdin: bool, tty: bool
-    ) -> Any:
-        from kubernetes.stream import stream  # noqa: PLC0415
-
-        core = self._core()
-        return stream(
-            core.connect_get_namespaced_pod_exec,
-            name,
-            namespace,
-            container=container,
-            command=command,
-            stdin=stdin,
-            stdout=True,
-            stderr=not tty,  # a terminal carries both
-            tty=tty,
-            binary=True,
-            _preload_content=False,
-        )
-
-    def port_forward(self, namespace: str, name: str, port: int) -> socket.socket:
-        from kubernetes.stream import portforward  # noqa: PLC0415
-
-        core = self._core()
-        forward = portforward(core.connect_get_namespaced_pod_portforward, name, namespace, ports=str(port))
-        # One end of a socket pair; the client's thread pumps the other end to the WebSocket
-        # until this end is closed.
-        return cast(socket.socket, forward.socket(port))
-
-
-class WebSocketExec:
-    """ExecSession (provider.py) on a WebSocket exec stream of the host API server."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self._closed = False
-
-    def read(self) -> tuple[int, bytes] | None:
-        while not self._closed:
-            try:
-                for channel, which in ((STDOUT_CHANNEL, STDOUT), (STDERR_CHANNEL, STDERR)):
-                    data = self.ws.read_channel(channel)
-                    if data:
-                        return which, data if isinstance(data, bytes) else data.encode()
-                if not self.ws.is_open():
-                    return None
-                self.ws.update(timeout=READ_WAIT_SECONDS)
-            except Exception:
-                if self._closed or not self.ws.is_open():
-                    return None  # closed under the read by another thread
-                raise
-        return None
-
-    def write(self, data: bytes) -> None:
-        self.ws.write_stdin(data)
-
-    def close_stdin(self) -> None:
-        self.ws.close_channel(STDIN_CHANNEL)  # v5 only: v4 cannot say end of input
-
-    def resize(self, width: int, height: int) -> None:
-        self.ws.write_channel(RESIZE_CHANNEL, json.dumps({"Width": width, "Height": height}))
-
-    def exit_code(self) -> int:
-        """From the error channel's Status: Success, or the exit code in its causes."""
-        raw = self.ws.read_channel(ERROR_CHANNEL)
-        try:
-            status = json.loads(raw or "{}")
-        except ValueError:
-            return 1
-        if status.get("status") == "Success":
-            return 0
-        for cause in (status.get("details") or {}).get("causes") or []:
-            if cause.get("reason") == "ExitCode":
-                return int(cause.get("message") or 1)
-        return 1  # no code (the connection dropped, the container is gone): a failure
-
-    def close(self) -> None:
-        self._closed = True
-        self.ws.close()
 
 
 class HostClusterProvider:
@@ -613,7 +265,7 @@ class HostClusterProvider:
         meta = pod["metadata"]
         if names.owner_of(found) != (self.settings.tenant, "pod", meta["namespace"], meta["name"]):
             raise _Wait(REASON_NAME_TAKEN, f"the host Pod name {name} is taken by an object of another owner")
-        if _uid_of(found) != meta["uid"]:
+        if uid_of(found) != meta["uid"]:
             raise _Wait(
                 REASON_PREVIOUS_POD,
                 f"the host Pod {name} of an earlier Pod {meta['namespace']}/{meta['name']} is still there",
@@ -934,7 +586,7 @@ class HostClusterProvider:
         owner = names.owner_of(current)
         if owner is None or owner[0] != self.settings.tenant or owner[1] != kind:
             return
-        if uid and _uid_of(current) != uid:
+        if uid and uid_of(current) != uid:
             return
         try:
             self.host.request(
