@@ -294,6 +294,13 @@ class Agent:
         if notify:
             worker.wake.set()
 
+    def wake(self, uid: str) -> None:
+        """Run the worker of Pod UID now: a provider that watches its Pods (the host-cluster
+        one) calls this on a change, so status goes back without waiting for the resync."""
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.wake.set()
+
     def remove_pod(self, uid: str) -> None:
         with self.lock:
             self.pods.pop(uid, None)

@@ -3,8 +3,8 @@ what this agent uses.
 
 The core (agent.py) owns the Node, the Lease, the Pod watch, Pod status writes, Events and
 the :10250 API; a Provider owns how a Pod runs. ``RuntimeProvider`` (runtime.py) runs Pods
-on a local container runtime such as Podman; a host-cluster provider would run them as
-Pods of another cluster and implement the same methods.
+on a local container runtime such as Podman; ``HostClusterProvider``
+(backends/hostcluster/provider.py) runs them as Pods of a host cluster.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ class Provider(Protocol):
 
     def terminate(self, pod: Obj, grace_seconds: int, emit: EventSink) -> None:
         """Stop the Pod's containers within GRACE_SECONDS and release everything it held."""
+
+    def stop_containers(self, pod: Obj, grace_seconds: int, emit: EventSink) -> None:
+        """Stop what still runs of a Pod that reached Succeeded or Failed, within
+        GRACE_SECONDS; what it holds stays (logs keep working) until ``terminate``."""
 
     def forget(self, uid: str) -> None:
         """Remove a Pod whose API object is gone (no grace left to give)."""
