@@ -33,6 +33,24 @@ class OneShotError(Exception):
         self.what, self.why = what, why
 
 
+def container(name: str, image: str, command: List[str], mounts: List[Obj]) -> Obj:
+    """A one-shot step: no privilege, a read-only root, and its last log lines as its
+    termination message, so a failed step's output ends up in the error (trouble())."""
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
 def trouble(pod: Obj) -> str:
     """What went wrong with POD, from its containers' statuses ('' when nothing did)."""
     st = pod.get("status") or {}

@@ -165,29 +165,12 @@ def _pod(tcp: Obj, name: str, spec: Obj) -> Obj:
     }
 
 
-def _container(name: str, image: str, command: List[str], mounts: List[Obj]) -> Obj:
-    return {
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "volumeMounts": mounts,
-        # A failed step's last lines end up in its status, and so in the error message.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-
-
 def backup_pod(tcp: Obj, images: Mapping[str, str], secrets: Mapping[str, str]) -> Obj:
     n = _names(tcp)
     ns = tcp["metadata"]["namespace"]
     pki = f"{core.PKI_DIR}/etcd-client"
     work = {"name": "work", "mountPath": WORK}
-    save = _container(
+    save = oneshot.container(
         "snapshot",
         images["etcd"],
         [
@@ -205,7 +188,7 @@ def backup_pod(tcp: Obj, images: Mapping[str, str], secrets: Mapping[str, str]) 
         [work, {"name": "etcd-client", "mountPath": pki, "readOnly": True}],
     )
     # Holds the file for the exec that streams it out; the Pod is deleted right after.
-    hold = _container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], [work])
+    hold = oneshot.container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], [work])
     return _pod(
         tcp,
         n["backup"],
@@ -233,7 +216,7 @@ def _data_volume(tcp: Obj) -> List[Obj]:
 def receive_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
     """Mounts the stopped etcd's volume; the snapshot is written into it through exec."""
     mounts = [{"name": "data", "mountPath": DATA}]
-    hold = _container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], mounts)
+    hold = oneshot.container("hold", images["helper"], ["sleep", str(int(oneshot.TIMEOUT) * 5)], mounts)
     return _pod(tcp, _names(tcp)["receive"], {"containers": [hold], "volumes": _data_volume(tcp)})
 
 
@@ -247,7 +230,7 @@ def restore_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
     member = f"{n['sts']}-0"
     peer = f"https://{member}.{n['peers']}.{ns}.svc:{core.ETCD_PEER_PORT}"
     mounts = [{"name": "data", "mountPath": DATA}]
-    restore = _container(
+    restore = oneshot.container(
         "restore",
         images["etcdutl"],
         [
@@ -266,7 +249,7 @@ def restore_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
         mounts,
     )
     # Runs after etcdutl succeeded only (an init container that fails stops the Pod).
-    swap = _container(
+    swap = oneshot.container(
         "swap",
         images["helper"],
         [

@@ -2031,19 +2031,7 @@ def shared_keys_cleanup_pod(tcp: Obj, images: Mapping[str, str]) -> Obj:
         ]
     # The trailing slash: /tenants/blue must not take /tenants/blue2's keys with it.
     command += ["del", "--prefix", shared_prefix(tcp).rstrip("/") + "/"]
-    container = {
-        "name": ETCD_CLEANUP,
-        "image": images[ETCD],
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
+    container = oneshot_pods.container(ETCD_CLEANUP, images[ETCD], command, mounts)
     spec = _pod_spec(tcp, ETCD_CLEANUP, container, volumes, 1)
     spec.update(restartPolicy="Never", activeDeadlineSeconds=int(oneshot_pods.TIMEOUT))
     return {
