@@ -8,9 +8,11 @@ and 20 tenants in a row."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
@@ -111,29 +113,36 @@ def time_tenant(
     return elapsed, rss
 
 
-def run() -> dict:
-    baseline: list[float] = []
-    tenant: list[float] = []
-    rss: list[float] = []
+@contextlib.contextmanager
+def tenant_host(namespace: str) -> Iterator[tuple[HostCluster, Kube, kubernetes.client.CoreV1Api, Path]]:
+    """The rig's host cluster with the CRDs and NAMESPACE for tenants: (host cluster, Kube,
+    CoreV1Api, a scratch folder), all gone afterwards."""
     with tempfile.TemporaryDirectory(prefix="rhizeption-bench-") as tmp:
         hc = HostCluster(Path(tmp) / "host", die_with_parent=True)
         hc.up()
         client = kubernetes.config.new_client_from_config(str(hc.kubeconfig))
         try:
             core = kubernetes.client.CoreV1Api(client)
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
+            core.create_namespace({"metadata": {"name": namespace}})
             crds = hc.kubectl("apply", "--server-side", "-f", str(CRDS))
             assert "tenantcontrolplanes" in crds
             hc.kubectl("wait", "--for=condition=Established", "crd/tenantcontrolplanes.hn.rhizeption.io")
-            kube = Kube(client)
-            for i in range(ROUNDS):
-                baseline.append(time_baseline(Path(tmp)))
-                seconds, memory = time_tenant(hc, kube, core, f"bench-{i}")
-                tenant.append(seconds)
-                rss.append(memory / 2**20)
+            yield hc, Kube(client), core, Path(tmp)
         finally:
             client.close()
             hc.down()
+
+
+def run() -> dict:
+    baseline: list[float] = []
+    tenant: list[float] = []
+    rss: list[float] = []
+    with tenant_host(NAMESPACE) as (hc, kube, core, tmp):
+        for i in range(ROUNDS):
+            baseline.append(time_baseline(tmp))
+            seconds, memory = time_tenant(hc, kube, core, f"bench-{i}")
+            tenant.append(seconds)
+            rss.append(memory / 2**20)
     figures = {
         "rig etcd + kube-apiserver processes (baseline)": common.summary(baseline) | {"samples_s": baseline},
         "tenant apply -> /readyz ok": common.summary(tenant) | {"samples_s": tenant},

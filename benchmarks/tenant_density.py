@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import kubernetes
 from ansible_collections.rhizeption.core.plugins.module_utils import tenant_control_plane as tcp_core
@@ -29,7 +27,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube
 from riglib.node import HostCluster
 
 from . import common
-from .tenant_control_plane import CRDS, etcd_volume, pod_rss
+from .tenant_control_plane import etcd_volume, pod_rss, tenant_host
 
 ROW = int(os.environ.get("TENANT_DENSITY_ROW", "20"))
 MAX = int(os.environ.get("TENANT_DENSITY_MAX", "30"))
@@ -171,48 +169,36 @@ def _remove(kube, core, names: list[str]) -> None:
 
 
 def run() -> dict:
-    with tempfile.TemporaryDirectory(prefix="rhizeption-bench-") as tmp:
-        hc = HostCluster(Path(tmp) / "host", die_with_parent=True)
-        hc.up()
-        client = kubernetes.config.new_client_from_config(str(hc.kubeconfig))
-        try:
-            core = kubernetes.client.CoreV1Api(client)
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
-            hc.kubectl("apply", "--server-side", "-f", str(CRDS))
-            hc.kubectl("wait", "--for=condition=Established", "crd/tenantcontrolplanes.hn.rhizeption.io")
-            kube = Kube(client)
-            url = shared_etcd(core, NAMESPACE)
+    with tenant_host(NAMESPACE) as (hc, kube, core, _tmp):
+        url = shared_etcd(core, NAMESPACE)
 
-            # The baseline: one tenant alone.
-            start = time.monotonic()
-            tcp_core.ensure_present(
-                kube, tcp_core.desired("s0", NAMESPACE, _spec(url)), wait_for="Ready", timeout=300
-            )
-            alone = time.monotonic() - start
-            shared = ["s0"]
+        # The baseline: one tenant alone.
+        start = time.monotonic()
+        tcp_core.ensure_present(
+            kube, tcp_core.desired("s0", NAMESPACE, _spec(url)), wait_for="Ready", timeout=300
+        )
+        alone = time.monotonic() - start
+        shared = ["s0"]
 
-            # The row: the others applied back to back, then waited on together.
-            start = time.monotonic()
-            for i in range(1, ROW):
-                tcp_core.ensure_present(kube, tcp_core.desired(f"s{i}", NAMESPACE, _spec(url)))
-                shared.append(f"s{i}")
-            applied = time.monotonic() - start
-            _wait_all_ready(kube, shared[1:], READY_TIMEOUT)
-            row = time.monotonic() - start
-            print(f"tenant_density: row of {ROW - 1} Ready in {row:.0f} s", file=sys.stderr)
+        # The row: the others applied back to back, then waited on together.
+        start = time.monotonic()
+        for i in range(1, ROW):
+            tcp_core.ensure_present(kube, tcp_core.desired(f"s{i}", NAMESPACE, _spec(url)))
+            shared.append(f"s{i}")
+        applied = time.monotonic() - start
+        _wait_all_ready(kube, shared[1:], READY_TIMEOUT)
+        row = time.monotonic() - start
+        print(f"tenant_density: row of {ROW - 1} Ready in {row:.0f} s", file=sys.stderr)
 
-            stopped = _fill(hc, kube, core, shared, prefix="s", start=ROW, limit=MAX, url=url)
-            shared_density = _density(hc, kube, core, shared, stopped)
-            _remove(kube, core, shared)
-            remove_shared_etcd(core, NAMESPACE)
+        stopped = _fill(hc, kube, core, shared, prefix="s", start=ROW, limit=MAX, url=url)
+        shared_density = _density(hc, kube, core, shared, stopped)
+        _remove(kube, core, shared)
+        remove_shared_etcd(core, NAMESPACE)
 
-            dedicated: list[str] = []
-            stopped = _fill(hc, kube, core, dedicated, prefix="d", start=0, limit=DEDICATED_MAX, url=None)
-            dedicated_density = _density(hc, kube, core, dedicated, stopped)
-            _remove(kube, core, dedicated)
-        finally:
-            client.close()
-            hc.down()
+        dedicated: list[str] = []
+        stopped = _fill(hc, kube, core, dedicated, prefix="d", start=0, limit=DEDICATED_MAX, url=None)
+        dedicated_density = _density(hc, kube, core, dedicated, stopped)
+        _remove(kube, core, dedicated)
     in_row = ROW - 1
     return {
         "unit": "seconds",
