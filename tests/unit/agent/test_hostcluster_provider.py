@@ -154,7 +154,7 @@ class FakeApi:
         self.calls.append(("LIST", path))
         with self.cond:
             items = [o for o in self.at(path).values() if _matches(o, label_selector)]
-            return items, str(max([v for v, *_ in self.events], default=1))
+            return items, str(max([v for v, *_rest in self.events], default=1))
 
     def list_pages(self, path: str, page_size: int = 500, **selectors: Any) -> Iterator[Obj]:
         items, version = self.list(path, **selectors)

@@ -558,7 +558,7 @@ class HostClusterProvider:
             labels = names.link_labels(self.settings.tenant, namespace, "token", uid)
             labels.pop(names.NAMESPACE_LABEL)
             selector = ",".join(f"{k}={v}" for k, v in labels.items())
-            items, _ = self.host.list(self._host_path("secrets"), label_selector=selector)
+            items, _version = self.host.list(self._host_path("secrets"), label_selector=selector)
             for item in items:
                 self._delete_owned("secrets", item["metadata"]["name"], "token", uid)
         with self._needs_lock:
