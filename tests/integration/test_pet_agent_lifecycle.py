@@ -48,19 +48,20 @@ def test_a_crashing_container_backs_off_with_growing_delays(agent, core, ns):
         if cs.state.running or cs.state.terminated:
             current = cs.state.running or cs.state.terminated
             starts.setdefault(cs.restart_count, current.started_at)
-            # The run before this one: the only sight of it when it ended between two looks
-            # (the first restart comes at once), without this the wait never ended.
+            # The run before this one: the only sight of it when it ended between two looks.
             if last is not None:
                 starts.setdefault(cs.restart_count - 1, last.started_at)
         elif cs.state.waiting and last is not None:
             # In back-off, lastState is the run that just ended: the latest attempt.
             starts.setdefault(cs.restart_count, last.started_at)
-        return all(i in starts for i in range(4)) and cs
+        # Run 0 may never show in a status: it ended and its immediate restart ran before the
+        # agent posted one (seen in full runs). Restarts 1 to 3 always show.
+        return all(i in starts for i in (1, 2, 3)) and cs
 
     try:
         cs = wait_for("three restarts", record, 120, interval=0.3, agent=agent)
     except AssertionError as e:
-        # What the test saw, for a failure seen twice in full runs and never alone.
+        # What the test saw, should it time out.
         now = status_of(core, ns, "crasher", "crash")
         raise AssertionError(
             f"{e}\nstarts seen: {starts}\nstatus now: {now}\nevents: {pod_events(core, ns, 'crasher')}"
@@ -83,13 +84,14 @@ def test_a_crashing_container_backs_off_with_growing_delays(agent, core, ns):
     messages = [m for r, m in pod_events(core, ns, "crasher") if r == "BackOff"]
     assert any("back-off 10s" in m for m in messages), messages
     assert any("back-off 20s" in m for m in messages), messages
-    # Gaps between runs grow: the first restart at once, then 10 s, then 20 s.
-    times = [starts[i] for i in sorted(starts) if i <= 3]
+    # Gaps between runs grow: the first restart at once (counted from the Pod's creation, as
+    # run 0 may not have been seen), then 10 s, then 20 s.
+    created = pod.metadata.creation_timestamp
+    times = [created, starts[1], starts[2], starts[3]]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
-    assert len(gaps) >= 3, starts
-    assert gaps[0] < 5, gaps
-    assert 9 <= gaps[1] < 16, gaps
-    assert 19 <= gaps[2] < 27, gaps
+    assert gaps[0] < 5, (gaps, starts)
+    assert 9 <= gaps[1] < 16, (gaps, starts)
+    assert 19 <= gaps[2] < 27, (gaps, starts)
     # Podman keeps the current run and the one before (for logs --previous), not all.
     runs = [c for c in podman_containers(agent, pod.metadata.uid) if "rhizeption.io/container" in c.labels]
     assert len(runs) <= 2, [c.name for c in runs]
