@@ -71,6 +71,19 @@ def image_archive(name: str) -> Path:
     return found[-1]
 
 
+def previous_control_plane_archives() -> list[Path]:
+    """The archives of the previous Kubernetes minor's control-plane images, which tenant
+    upgrade tests start from (hack/build-images keeps them apart from pod_images())."""
+    found = sorted((toolchain.cache_dir() / "images" / "kubernetes-previous").glob("*.oci.tar"))
+    if len(found) != 3:
+        version = toolchain.versions()["KUBERNETES_PREVIOUS_VERSION"]
+        raise RigError(
+            f"expected the 3 control-plane archives of Kubernetes {version}, found {len(found)}:"
+            " run `hack/bootstrap kubernetes_previous images`"
+        )
+    return found
+
+
 @dataclass
 class NodeState:
     name: str  # the Node's name

@@ -32,21 +32,30 @@ def test_pause_runs_and_reports_its_source_version() -> None:
 
 def test_every_image_has_an_archive_for_containerd() -> None:
     """Each image in Podman's store has the archive of the same build (named by its cache
-    key), and no archive is left without its image: containerd and `podman load` read these."""
+    key), and no archive is left without its image: containerd and `podman load` read these.
+    The previous Kubernetes minor's control plane is archived in its own folder."""
     listed = subprocess.run(
-        ["podman", "images", "--format", '{{.Repository}} {{index .Labels "io.rhizeption.cache-key"}}'],
+        [
+            "podman",
+            "images",
+            "--format",
+            '{{.Repository}} {{.Tag}} {{index .Labels "io.rhizeption.cache-key"}}',
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
+    previous = toolchain.versions()["KUBERNETES_PREVIOUS_VERSION"]
     expected = sorted(
-        f"{repo.rsplit('/', 1)[1]}-{key}.oci.tar"
-        for repo, key in (line.split(" ", 1) for line in listed)
+        ("kubernetes-previous/" if tag == previous else "") + f"{repo.rsplit('/', 1)[1]}-{key}.oci.tar"
+        for repo, tag, key in (line.split(" ", 2) for line in listed)
         if repo.startswith("localhost/rhizeption/")
     )
-    archives = sorted(p.name for p in (toolchain.cache_dir() / "images").glob("*.oci.tar"))
+    folder = toolchain.cache_dir() / "images"
+    archives = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.oci.tar"))
     assert archives == expected
-    assert {"pause", "host", "node"} <= {a.rsplit("-", 1)[0] for a in archives}
+    names = {a.rsplit("-", 1)[0] for a in archives}
+    assert {"pause", "host", "node", "kubernetes-previous/kube-apiserver"} <= names
 
 
 def test_host_image_boots_systemd_plain_and_nested() -> None:
