@@ -77,9 +77,14 @@ TENANT_LABEL = f"{GROUP}/tenant"
 PKI_DIGEST_ANNOTATION = f"{GROUP}/pki-digest"
 
 # The Kubernetes versions this collection builds, with the etcd version that goes with each:
-# hack/versions.env (KUBERNETES_VERSION, ETCD_VERSION). The CRD's enum of spec.version is
-# the same list; tests/unit/module_utils/test_tenant_control_plane.py keeps the three in step.
-BUILT_VERSIONS: Dict[str, Dict[str, str]] = {"v1.34.4": {"etcd": "v3.6.16"}}
+# hack/versions.env (KUBERNETES_PREVIOUS_VERSION, KUBERNETES_VERSION, ETCD_VERSION). The
+# previous minor keeps etcd 3.6, which it supports, so an upgrade never touches the datastore.
+# The CRD's enum of spec.version is the same list; tests/unit/module_utils/
+# test_tenant_control_plane.py keeps the three in step.
+BUILT_VERSIONS: Dict[str, Dict[str, str]] = {
+    "v1.33.13": {"etcd": "v3.6.16"},
+    "v1.34.4": {"etcd": "v3.6.16"},
+}
 
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
@@ -1758,9 +1763,14 @@ def reconcile_objects(
     images: Mapping[str, str] | None = None,
     dry_run: bool = False,
     now: datetime.datetime | None = None,
+    timeout: float = 300,
 ) -> None:
     """Write TCP's objects: its Service first (the serving certificate names its cluster IP),
-    then the PKI Secrets, then the workloads in render's order."""
+    then the PKI Secrets, then the workloads in render's order.
+
+    During a version upgrade the controller-manager and scheduler are written only once the
+    kube-apiserver has rolled to the new version (waiting up to TIMEOUT seconds): the version
+    skew policy allows them to be older than the apiserver, never newer."""
     objects = render(tcp, images)
     service_obj = next(
         o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == service_name(tcp)
@@ -1779,11 +1789,42 @@ def reconcile_objects(
         _apply(kube, secret, out, dry_run)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     advertise = cluster_ip if cluster_ip and _is_ip(cluster_ip) else None
+    apiserver_path = ""
+    upgrading = upgrade_pending(tcp) and not dry_run
     for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise):
-        if obj is not service_obj and not (
-            obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)
-        ):
-            _apply(kube, obj, out, dry_run)
+        if obj is service_obj or (obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)):
+            continue
+        component = obj["metadata"]["labels"].get("app.kubernetes.io/name")
+        if obj["kind"] == "Deployment" and component == APISERVER:
+            apiserver_path = _path(obj)
+        elif upgrading and obj["kind"] == "Deployment" and component in (CONTROLLER_MANAGER, SCHEDULER):
+            _wait_rolled_out(kube, apiserver_path, spec_of(tcp)["version"], timeout)
+            upgrading = False
+        _apply(kube, obj, out, dry_run)
+
+
+def upgrade_pending(tcp: Obj) -> bool:
+    """Whether TCP asks for another version than the one its control plane last ran Ready."""
+    running = status_of(tcp).get("version")
+    return bool(running) and running != spec_of(tcp)["version"]
+
+
+def _wait_rolled_out(kube: Kube, path: str, version: str, timeout: float) -> None:
+    """Wait until the Deployment at PATH has rolled out completely (every replica updated
+    and available, no old Pod left); a roll that fails or outlasts TIMEOUT raises."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state, message = _workload_state(kube.get(path))
+        if state == "Ready":
+            return
+        if state == "Failed" or time.monotonic() > deadline:
+            raise TenantControlPlaneError(
+                "spec.version",
+                f"the kube-apiserver did not roll out {version} ({state}: {message}) within {timeout:.0f} s;"
+                " the controller-manager and scheduler stay on the old version until it does:"
+                " look at the kube-apiserver Pods, then run again",
+            )
+        time.sleep(1)
 
 
 def ensure_present(
@@ -1842,7 +1883,7 @@ def ensure_present(
         out.changed = True
         return out
     try:
-        reconcile_objects(kube, applied, out, images=images, dry_run=check_mode)
+        reconcile_objects(kube, applied, out, images=images, dry_run=check_mode, timeout=timeout)
     except (KubeError, TenantControlPlaneError) as e:
         if not check_mode:
             write_status(kube, applied, _failed(status_now(kube, applied), "ApplyFailed", str(e)))

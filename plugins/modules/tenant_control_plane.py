@@ -52,7 +52,8 @@ options:
         C(docs/crd-reference.md) lists every field. The main ones are C(version), C(replicas),
         C(datastore), C(exposure), C(resources), C(certificateValidity), C(serviceCIDR), C(podCIDR) and
         C(promoteResources).
-      - C(version) defaults to the newest version the collection builds.
+      - C(version) defaults to the newest version the collection builds (v1.34.4; v1.33.13 is built too).
+        A new C(version) upgrades the tenant, the kube-apiserver first.
       - C(datastore.type), C(serviceCIDR) and C(podCIDR) cannot change once the tenant exists. C(version) only
         moves forward, one minor version at a time.
     type: dict
@@ -82,7 +83,10 @@ options:
     choices: [Provisioning, Initialized, Ready]
     default: Ready
   wait_timeout:
-    description: Seconds to wait, for O(wait) and for deletion.
+    description:
+      - Seconds to wait, for O(wait) and for deletion.
+      - Also how long a version upgrade waits for the new kube-apiserver to roll out before it
+        writes the controller-manager and scheduler, with or without O(wait).
     type: int
     default: 300
   admin_kubeconfig_path:

@@ -221,7 +221,7 @@ def test_check_mode_apply_idempotence_and_delete(tcp, api_client, custom, namesp
 @pytest.mark.parametrize(
     ("bad_spec", "field", "accepted"),
     [
-        ({"version": "v1.99.0"}, "spec.version", "accepted: v1.34.4"),
+        ({"version": "v1.99.0"}, "spec.version", "accepted: v1.33.13, v1.34.4"),
         (
             {"exposure": {"type": "NodePort", "nodePort": 80}},
             "spec.exposure.nodePort",

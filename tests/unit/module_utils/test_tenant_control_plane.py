@@ -62,7 +62,10 @@ def test_built_versions_match_versions_env_and_the_crd(repo):
         if line and not line.startswith("#")
     )
     built = tcpmod.BUILT_VERSIONS
-    assert built == {env["KUBERNETES_VERSION"]: {"etcd": env["ETCD_VERSION"]}}
+    assert built == {
+        env["KUBERNETES_PREVIOUS_VERSION"]: {"etcd": env["ETCD_VERSION"]},
+        env["KUBERNETES_VERSION"]: {"etcd": env["ETCD_VERSION"]},
+    }
     crds = yaml.safe_load((repo / "roles/crds/files/crds.yaml").read_text())["items"]
     crd = next(c for c in crds if c["spec"]["names"]["kind"] == "TenantControlPlane")
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -618,7 +621,7 @@ def test_renewed_credentials_roll_only_the_pods_that_read_them(first_pki):
 @pytest.mark.parametrize(
     ("change", "field", "accepted"),
     [
-        ({"version": "v1.33.0"}, "spec.version", "accepted: v1.34.4"),
+        ({"version": "v1.33.0"}, "spec.version", "accepted: v1.33.13, v1.34.4"),
         ({"replicas": 6}, "spec.replicas", "from 1 to 5"),
         ({"replicas": 0}, "spec.replicas", "from 1 to 5"),
         ({"podCIDR": "10.96.128.0/17"}, "spec.podCIDR", "overlaps spec.serviceCIDR 10.96.0.0/16"),
@@ -851,6 +854,77 @@ def test_a_new_version_rolling_out_is_upgrading():
     status = tcpmod.derive_status(obj, observed(obj, ready=("etcd",)), NOW_TEXT)
     assert status["phase"] == "Upgrading"
     assert status["version"] == "v1.33.9"  # what ran last, until the new one is ready
+
+
+@pytest.mark.parametrize(("running", "pending"), [(None, False), ("v1.34.4", False), ("v1.33.13", True)])
+def test_an_upgrade_is_pending_when_the_version_last_run_differs(running, pending):
+    obj = tcp(version="v1.34.4")
+    if running:
+        obj["status"] = {"version": running}
+    assert tcpmod.upgrade_pending(obj) is pending
+
+
+class _RollingCluster:
+    """Just enough of Kube for reconcile_objects: it stores what is applied, and the
+    kube-apiserver Deployment reports rolled out only on the third look after a write."""
+
+    def __init__(self):
+        self.objects, self.applied, self.looks = {}, [], 0
+
+    def get(self, path):
+        obj = self.objects.get(path)
+        if obj and obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("apiserver"):
+            self.looks += 1
+            rolled = self.looks >= 3
+            obj["metadata"]["generation"] = 1
+            obj["status"] = {
+                "observedGeneration": 1,
+                "replicas": 1,
+                "updatedReplicas": 1,
+                "readyReplicas": int(rolled),
+                "availableReplicas": int(rolled),
+            }
+            self.applied.append(("look", rolled))
+        return copy.deepcopy(obj)
+
+    def list(self, path, **selectors):
+        return [], "1"
+
+    def apply(self, path, obj, *, dry_run=False, what=""):
+        self.objects[path] = copy.deepcopy(obj)
+        self.applied.append((obj["kind"], obj["metadata"]["name"]))
+        return copy.deepcopy(obj)
+
+
+def test_an_upgrade_writes_the_controllers_only_once_the_apiserver_rolled_out(monkeypatch):
+    monkeypatch.setattr(tcpmod.time, "sleep", lambda _s: None)
+    obj = tcp(version="v1.34.4")
+    obj["status"] = {"version": "v1.33.13"}
+    cluster = _RollingCluster()
+    tcpmod.reconcile_objects(cluster, obj, tcpmod.Outcome(), now=NOW)
+    order = cluster.applied
+    rolled = order.index(("look", True))
+    controllers = [
+        i for i, (kind, name) in enumerate(order) if kind == "Deployment" and "apiserver" not in name
+    ]
+    assert len(controllers) == 2 and min(controllers) > rolled
+    # Without an upgrade nothing waits: the controllers follow the apiserver at once.
+    plain = _RollingCluster()
+    tcpmod.reconcile_objects(plain, tcp(version="v1.34.4"), tcpmod.Outcome(), now=NOW)
+    assert ("look", True) not in plain.applied
+
+
+def test_an_apiserver_that_does_not_roll_out_stops_the_upgrade_naming_the_version(monkeypatch):
+    monkeypatch.setattr(tcpmod.time, "sleep", lambda _s: None)
+    obj = tcp(version="v1.34.4")
+    obj["status"] = {"version": "v1.33.13"}
+    cluster = _RollingCluster()
+    cluster.looks = -(10**6)  # never rolls out
+    with pytest.raises(TenantControlPlaneError) as stopped:
+        tcpmod.reconcile_objects(cluster, obj, tcpmod.Outcome(), now=NOW, timeout=0)
+    assert stopped.value.field == "spec.version"
+    assert "v1.34.4" in str(stopped.value) and "stay on the old version" in str(stopped.value)
+    assert not [n for kind, n in cluster.applied if kind == "Deployment" and "apiserver" not in n]
 
 
 def test_a_stuck_deployment_fails_with_its_reason():
