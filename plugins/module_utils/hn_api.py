@@ -18,6 +18,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 HNCLUSTER = Resource(API_VERSION, "HnCluster", "hnclusters")
 HNMACHINE = Resource(API_VERSION, "HnMachine", "hnmachines")
+TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
 
 # Labels that link a machine's objects to it and to its cluster.
 CLUSTER_LABEL = f"{GROUP}/cluster"

@@ -13,7 +13,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from ansible_collections.rhizeption.core.plugins.module_utils import hosted_node
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
@@ -25,6 +25,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     MACHINE_LABEL,
     MANAGED_BY,
     NODE_CONTAINER,
+    TENANT_CONTROL_PLANE,
     apply_status,
     condition,
     meta,
@@ -50,6 +51,18 @@ TERMINAL_WAITING_REASONS = ("ErrImageNeverPull", "InvalidImageName", "CreateCont
 BLOCKED_GRACE = 20.0
 # How far a machine has come; a wait for one phase is satisfied by any later one.
 PROGRESS = {"Pending": 0, "Provisioning": 1, "Running": 2, "Ready": 3}
+
+
+def promoted_nodes(kube: Kube, cluster: Obj) -> List[str]:
+    """The host nodes handed to the cluster's tenant (spec.promoteResources.nodes of the
+    TenantControlPlane its controlPlaneRef names), where its node Pods must run. Empty when
+    no node was promoted or the tenant is not a TenantControlPlane of this host cluster."""
+    ref = (cluster.get("spec") or {}).get("controlPlaneRef") or {}
+    if not ref.get("name"):
+        return []
+    namespace = ref.get("namespace") or cluster["metadata"]["namespace"]
+    tenant = kube.get(TENANT_CONTROL_PLANE.path(namespace, ref["name"])) or {}
+    return list(((tenant.get("spec") or {}).get("promoteResources") or {}).get("nodes") or [])
 
 
 class MachineError(Exception):
@@ -106,9 +119,10 @@ def effective_template(cluster: Obj, machine: Obj) -> Obj:
     return result
 
 
-def render_pod(machine: Obj, cluster: Obj) -> Obj:
+def render_pod(machine: Obj, cluster: Obj, promoted_nodes: Sequence[str] = ()) -> Obj:
     """The node Pod of MACHINE: a privileged container running containerd and a kubelet
-    (the image's job), with the state a node keeps on fresh volumes of its own."""
+    (the image's job), with the state a node keeps on fresh volumes of its own.
+    PROMOTED_NODES (promoted_nodes()): the host nodes it may run on; none: any."""
     name = machine["metadata"]["name"]
     namespace = machine["metadata"]["namespace"]
     cluster_name = cluster["metadata"]["name"]
@@ -203,6 +217,23 @@ def render_pod(machine: Obj, cluster: Obj) -> Obj:
     for key in ("nodeSelector", "tolerations", "priorityClassName"):
         if template.get(key):
             spec[key] = copy.deepcopy(template[key])
+    if promoted_nodes:
+        # Required, not preferred: the tenant was handed these nodes' capacity, no other. By
+        # the Node's name (as the DaemonSet controller pins Pods), not the hostname label,
+        # which may differ from it and which a simulated node may lack.
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchFields": [
+                                {"key": "metadata.name", "operator": "In", "values": sorted(promoted_nodes)}
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -480,7 +511,10 @@ def ensure_pod(
         _wait_gone(kube, POD.path(ns), name, timeout)
     try:
         pod = kube.request(
-            "POST", POD.path(ns), body=render_pod(machine, cluster), what=f"create the node Pod {ns}/{name}"
+            "POST",
+            POD.path(ns),
+            body=render_pod(machine, cluster, promoted_nodes(kube, cluster)),
+            what=f"create the node Pod {ns}/{name}",
         )
     except KubeError as e:
         if created_machine:

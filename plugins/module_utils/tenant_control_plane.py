@@ -58,6 +58,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     GROUP,
     MANAGED_BY,
+    TENANT_CONTROL_PLANE,
     apply_status,
     condition,
     meta,
@@ -70,7 +71,6 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import (
 )
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, KubeError, Obj, Resource
 
-TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
 # Every object a tenant control plane owns carries it, with the TenantControlPlane's name.
 TENANT_LABEL = f"{GROUP}/tenant"
 # Rolled into Pod templates, so renewed certificates and kubeconfigs restart what reads them.

@@ -46,6 +46,8 @@ options:
         C(namespace)), C(network) (C(podCIDR), C(serviceCIDR), C(serviceDomain); immutable) and C(replicas).
       - See C(docs/crd-reference.md) for every field. The API server validates it and names the field of
         any error.
+      - When the TenantControlPlane that C(controlPlaneRef) names sets C(promoteResources.nodes), new node
+        Pods run only on those host nodes.
       - Required when O(state=present).
     type: dict
   replicas:

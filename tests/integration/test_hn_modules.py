@@ -280,6 +280,54 @@ def test_a_machine_whose_pod_cannot_be_created_leaves_nothing_behind(hn, namespa
     assert pods(core, namespace) == {}
 
 
+def test_node_pods_of_a_tenant_with_promoted_nodes_run_only_on_those_nodes(
+    hn, namespace, custom, core, kwok_node
+):
+    # Two tenants: one was handed the kwok Node, the other a host node that does not exist.
+    for tenant, nodes in (("given", [kwok_node]), ("elsewhere", ["no-such-host-node"])):
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "tenantcontrolplanes",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "TenantControlPlane",
+                "metadata": {"name": tenant},
+                "spec": {"version": "v1.34.4", "promoteResources": {"nodes": nodes}},
+            },
+        )
+        result = hn(
+            "hncluster",
+            name=f"{tenant}-nodes",
+            namespace=namespace,
+            spec={**spec(), "controlPlaneRef": {"name": tenant}},
+            replicas=1,
+            wait=tenant == "given",
+        )
+        assert result.get("failed") is not True, result.get("msg")
+    placed = pods(core, namespace)
+    for tenant, nodes in (("given", [kwok_node]), ("elsewhere", ["no-such-host-node"])):
+        term = placed[f"{tenant}-nodes-0"].spec.affinity.node_affinity
+        expr = term.required_during_scheduling_ignored_during_execution.node_selector_terms[0].match_fields[0]
+        assert (expr.key, expr.operator, expr.values) == ("metadata.name", "In", nodes)
+    assert placed["given-nodes-0"].spec.node_name == kwok_node
+    assert machines(custom, namespace)["given-nodes-0"]["status"]["phase"] == "Running"
+    # The kwok Node matches the template's selector, but it was not promoted to this tenant.
+    for event in kubernetes.watch.Watch().stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector="metadata.name=elsewhere-nodes-0",
+        timeout_seconds=30,
+    ):
+        held = event["object"]
+        if [c.reason for c in held.status.conditions or [] if c.type == "PodScheduled"] == ["Unschedulable"]:
+            break
+    else:
+        pytest.fail("the scheduler did not mark elsewhere-nodes-0 Unschedulable in 30 s")
+    assert held.spec.node_name is None
+
+
 def test_info_filters_by_cluster_labels_and_phase(hn, namespace):
     hn("hncluster", name="one", namespace=namespace, spec=spec(), replicas=2, wait=True)
     hn("hncluster", name="two", namespace=namespace, spec=spec(nodeSelector={"nowhere": "x"}), replicas=1)

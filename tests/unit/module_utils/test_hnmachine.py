@@ -168,6 +168,42 @@ def test_pod_leaves_out_what_the_template_does_not_set():
     assert "readinessProbe" not in c  # no bootstrap data: nothing to wait for
     assert "BOOTSTRAP_DATA" not in {e["name"] for e in c["env"]}
     assert "tolerations" not in p["spec"]
+    assert "affinity" not in p["spec"]  # no promoted nodes: any node the selector allows
+
+
+def test_pod_of_a_tenant_with_promoted_nodes_runs_only_on_them():
+    p = hnmachine.render_pod(machine(), cluster(), ["host-2", "host-1"])
+    terms = p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {
+        "nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["host-1", "host-2"]}]}
+        ]
+    }
+    assert p["spec"]["nodeSelector"] == {"type": "kwok"}  # the template's selector still applies
+
+
+class _Tenants:
+    """Kube.get over a few TenantControlPlanes, by path."""
+
+    def __init__(self, **by_path):
+        self.by_path, self.asked = by_path, []
+
+    def get(self, path):
+        self.asked.append(path)
+        return self.by_path.get(path)
+
+
+def test_promoted_nodes_come_from_the_tenant_the_cluster_names():
+    tcp_path = "/apis/hn.rhizeption.io/v1alpha1/namespaces/{}/tenantcontrolplanes/{}"
+    kube = _Tenants(**{tcp_path.format("tenants", "blue"): {"spec": {"promoteResources": {"nodes": ["h1"]}}}})
+    c = cluster()
+    assert hnmachine.promoted_nodes(kube, c) == []  # no controlPlaneRef: nothing asked
+    assert kube.asked == []
+    c["spec"]["controlPlaneRef"] = {"name": "blue"}
+    assert hnmachine.promoted_nodes(kube, c) == ["h1"]
+    c["spec"]["controlPlaneRef"] = {"name": "blue", "namespace": "elsewhere"}
+    assert hnmachine.promoted_nodes(kube, c) == []  # no such tenant there
+    assert kube.asked[-1] == tcp_path.format("elsewhere", "blue")
 
 
 # -- status ------------------------------------------------------------------------------
