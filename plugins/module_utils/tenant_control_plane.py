@@ -1798,6 +1798,8 @@ def reconcile_objects(
         if obj["kind"] == "Deployment" and component == APISERVER:
             apiserver_path = _path(obj)
         elif upgrading and obj["kind"] == "Deployment" and component in (CONTROLLER_MANAGER, SCHEDULER):
+            # Status says Upgrading while the run waits, not the Ready of the old version.
+            write_status(kube, tcp, status_now(kube, tcp))
             _wait_rolled_out(kube, apiserver_path, spec_of(tcp)["version"], timeout)
             upgrading = False
         _apply(kube, obj, out, dry_run)

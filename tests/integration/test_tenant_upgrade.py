@@ -12,7 +12,7 @@ import kubernetes
 import pytest
 from riglib import toolchain
 from riglib.node import previous_control_plane_archives
-from tenanthost import TENANT_LABEL, apply, etcd_volume, retry, tenant_client
+from tenanthost import GROUP, PLURAL, TENANT_LABEL, VERSION, apply, etcd_volume, retry, tenant_client
 
 NAMESPACE = "tenants-upgrade"
 TENANT = "rose"
@@ -27,11 +27,14 @@ def tenants_namespace() -> str:
 
 
 class DeploymentLog:
-    """Every state the tenant's Deployments pass through, in order, from a watch."""
+    """Every state the tenant's Deployments pass through, in order, from a watch, and the
+    TenantControlPlane's phase read at each."""
 
     def __init__(self, apps: kubernetes.client.AppsV1Api) -> None:
         self.apps = apps
+        self.custom = kubernetes.client.CustomObjectsApi(apps.api_client)
         self.seen: list[tuple[str, str, bool]] = []  # (component, image tag, rolled out)
+        self.phases: list[str] = []
         self.done = threading.Event()
         listed = apps.list_namespaced_deployment(NAMESPACE, label_selector=f"{TENANT_LABEL}={TENANT}")
         self.thread = threading.Thread(target=self._follow, args=(listed.metadata.resource_version,))
@@ -59,6 +62,8 @@ class DeploymentLog:
                 tag = d.spec.template.spec.containers[0].image.rsplit(":", 1)[1]
                 self.seen.append((d.metadata.labels["app.kubernetes.io/name"], tag, rolled))
                 since = d.metadata.resource_version
+                tcp = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, TENANT)
+                self.phases.append((tcp.get("status") or {}).get("phase", ""))
 
     def stop(self) -> None:
         self.done.set()
@@ -135,6 +140,10 @@ def test_a_tenant_upgrades_one_minor_apiserver_first_and_keeps_its_data(host, ru
         )
         for component in CONTROLLERS:
             assert log.first(component, NEW) > apiserver_rolled, log.seen
+        # While the run waited for the apiserver, before it wrote the controllers, the tenant
+        # said it was upgrading (not the Ready of the old version).
+        waited = log.phases[: min(log.first(c, NEW) for c in CONTROLLERS)]
+        assert "Upgrading" in waited, (log.phases, log.seen)
         # The datastore was not touched, and the tenant's objects are all there.
         assert _generations(apps)["etcd"] == before["etcd"]
         assert _kept_config_map(kubeconfig) == {"a": "1"}

@@ -888,6 +888,9 @@ class _RollingCluster:
         return copy.deepcopy(obj)
 
     def list(self, path, **selectors):
+        if path.endswith("/deployments"):  # what status_now observes
+            items = [o for o in self.objects.values() if o["kind"] == "Deployment"]
+            return copy.deepcopy(items), "1"
         return [], "1"
 
     def apply(self, path, obj, *, dry_run=False, what=""):
@@ -908,6 +911,9 @@ def test_an_upgrade_writes_the_controllers_only_once_the_apiserver_rolled_out(mo
         i for i, (kind, name) in enumerate(order) if kind == "Deployment" and "apiserver" not in name
     ]
     assert len(controllers) == 2 and min(controllers) > rolled
+    # While it waited, the status said so.
+    status = cluster.objects[tcpmod.TENANT_CONTROL_PLANE.path("tenants", "blue", "status")]["status"]
+    assert (status["phase"], status["version"]) == ("Upgrading", "v1.33.13")
     # Without an upgrade nothing waits: the controllers follow the apiserver at once.
     plain = _RollingCluster()
     tcpmod.reconcile_objects(plain, tcp(version="v1.34.4"), tcpmod.Outcome(), now=NOW)
