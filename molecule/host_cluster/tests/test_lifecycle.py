@@ -13,6 +13,8 @@ import yaml
 from scenario import IMAGE, NODES, converge, get, kubectl, nothing_changed, on_host
 
 # What a host keeps while any part of the cluster is left on it (the script prints it).
+# The kubelets' cgroup roots, /rhizeption/<cluster>/<node>, in one hierarchy.
+CGROUPS = "/sys/fs/cgroup/memory/rhizeption/molecule-host-cluster"
 LEFTOVERS = r"""
 # process names are cut at 15 characters: containerd-shim, kube-controller
 pgrep -a -x 'kubelet|kube-proxy|containerd|containerd-shim|etcd|coredns' | sed 's/^/process /'
@@ -99,6 +101,9 @@ def test_a_worker_leaves_drained_and_comes_back(tmp_path):
     assert {p["spec"]["nodeName"] for p in pods if p["status"]["phase"] == "Running"} == {"hc-cp"}
     assert on_host("hc-w1", LEFTOVERS) == ""
     assert on_host("hc-cp", "pgrep -x kubelet >/dev/null && echo running").strip() == "running"
+    # The hosts share this machine's cgroup tree: hc-w1's root is gone, hc-cp's parents stay.
+    assert on_host("hc-w1", f"ls -d {CGROUPS}/hc-w1 2>/dev/null; true") == ""
+    assert on_host("hc-w1", f"ls -d {CGROUPS}/hc-cp").strip() == f"{CGROUPS}/hc-cp"
 
     rc, out = converge(tmp_path, {})
     assert rc == 0, out
@@ -111,6 +116,8 @@ def test_absent_leaves_both_hosts_clean_and_is_idempotent(tmp_path):
     assert rc == 0, out
     for node in NODES:
         assert on_host(node, LEFTOVERS) == "", node
+    # The last node out removed the cgroup parents its kubelet's root was made under.
+    assert on_host("hc-cp", "ls -d /sys/fs/cgroup/*/rhizeption 2>/dev/null; true") == ""
     rc, out = converge(tmp_path, {"host_cluster_state": "absent"})
     assert rc == 0, out
     nothing_changed(out)
