@@ -69,6 +69,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def pace(first: float, interval: float, i: int) -> None:
+    """Sleep until the I-th of a series started at FIRST, one every INTERVAL seconds, is due."""
+    if interval:
+        time.sleep(max(0.0, first + interval * i - time.monotonic()))
+
+
 def agent_round(
     core: kubernetes.client.CoreV1Api, agent, round_no: int | str, interval: float = 0.0
 ) -> list[float]:
@@ -98,13 +104,13 @@ def agent_round(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     time.sleep(0.5)  # the watch is open before the first create
-    for name in sorted(names):
+    first = time.monotonic()
+    for i, name in enumerate(sorted(names)):
         ctr = {"name": "c", "image": HOST_IMAGE, "command": ["sleep", "3600"]}
         body = pet_pod(
             agent, name, [ctr], automountServiceAccountToken=False, terminationGracePeriodSeconds=1
         )
-        if interval and created:
-            time.sleep(max(0.0, min(created.values()) + interval * len(created) - time.monotonic()))
+        pace(first, interval, i)
         created[name] = time.monotonic()
         core.create_namespaced_pod(NAMESPACE, body)
     if not done.wait(300):
@@ -137,8 +143,7 @@ def podman_round(url: str, run_id: str, round_no: int | str, interval: float = 0
     threads = [threading.Thread(target=one, args=(i,)) for i in range(PODS)]
     first = time.monotonic()
     for i, t in enumerate(threads):
-        if interval:
-            time.sleep(max(0.0, first + interval * i - time.monotonic()))
+        pace(first, interval, i)
         t.start()
     for t in threads:
         t.join()

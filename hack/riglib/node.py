@@ -71,10 +71,14 @@ def image_archive(name: str) -> Path:
     return found[-1]
 
 
+# Where hack/build-images keeps them (its PREVIOUS_ARCHIVE_DIR), under the images folder.
+PREVIOUS_ARCHIVES = "kubernetes-previous"
+
+
 def previous_control_plane_archives() -> list[Path]:
     """The archives of the previous Kubernetes minor's control-plane images, which tenant
     upgrade tests start from (hack/build-images keeps them apart from pod_images())."""
-    found = sorted((toolchain.cache_dir() / "images" / "kubernetes-previous").glob("*.oci.tar"))
+    found = sorted((toolchain.cache_dir() / "images" / PREVIOUS_ARCHIVES).glob("*.oci.tar"))
     if len(found) != 3:
         version = toolchain.versions()["KUBERNETES_PREVIOUS_VERSION"]
         raise RigError(

@@ -1789,18 +1789,18 @@ def reconcile_objects(
         _apply(kube, secret, out, dry_run)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     advertise = cluster_ip if cluster_ip and _is_ip(cluster_ip) else None
-    apiserver_path = ""
+    apiserver: Obj = {}
     upgrading = upgrade_pending(tcp) and not dry_run
     for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise):
         if obj is service_obj or (obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)):
             continue
         component = obj["metadata"]["labels"].get("app.kubernetes.io/name")
         if obj["kind"] == "Deployment" and component == APISERVER:
-            apiserver_path = _path(obj)
+            apiserver = obj
         elif upgrading and obj["kind"] == "Deployment" and component in (CONTROLLER_MANAGER, SCHEDULER):
             # Status says Upgrading while the run waits, not the Ready of the old version.
             write_status(kube, tcp, status_now(kube, tcp))
-            _wait_rolled_out(kube, apiserver_path, spec_of(tcp)["version"], timeout)
+            _wait_rolled_out(kube, apiserver, spec_of(tcp)["version"], timeout)
             upgrading = False
         _apply(kube, obj, out, dry_run)
 
@@ -1811,22 +1811,29 @@ def upgrade_pending(tcp: Obj) -> bool:
     return bool(running) and running != spec_of(tcp)["version"]
 
 
-def _wait_rolled_out(kube: Kube, path: str, version: str, timeout: float) -> None:
-    """Wait until the Deployment at PATH has rolled out completely (every replica updated
-    and available, no old Pod left); a roll that fails or outlasts TIMEOUT raises."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state, message = _workload_state(kube.get(path))
-        if state == "Ready":
-            return
-        if state == "Failed" or time.monotonic() > deadline:
-            raise TenantControlPlaneError(
-                "spec.version",
-                f"the kube-apiserver did not roll out {version} ({state}: {message}) within {timeout:.0f} s;"
-                " the controller-manager and scheduler stay on the old version until it does:"
-                " look at the kube-apiserver Pods, then run again",
-            )
-        time.sleep(1)
+def _wait_rolled_out(kube: Kube, deployment: Obj, version: str, timeout: float) -> None:
+    """Watch DEPLOYMENT until it has rolled out completely (every replica updated and
+    available, no old Pod left); a roll that fails or outlasts TIMEOUT raises."""
+    ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+
+    def state(objects: Dict[str, Obj]) -> Tuple[str, str]:
+        found = objects.get(name)  # a List's items carry no kind, which _workload_state reads
+        return _workload_state({**found, "kind": "Deployment"} if found else None)
+
+    _unused, objects = kube.wait(
+        DEPLOYMENT.path(ns),
+        lambda objs: state(objs)[0] in ("Ready", "Failed"),
+        timeout,
+        field_selector=f"metadata.name={name}",
+    )
+    phase, message = state(objects)
+    if phase != "Ready":
+        raise TenantControlPlaneError(
+            "spec.version",
+            f"the kube-apiserver did not roll out {version} ({phase}: {message}) within {timeout:.0f} s;"
+            " the controller-manager and scheduler stay on the old version until it does:"
+            " look at the kube-apiserver Pods, then run again",
+        )
 
 
 def ensure_present(

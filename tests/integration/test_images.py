@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from riglib import toolchain
+from riglib.node import PREVIOUS_ARCHIVES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ def test_every_image_has_an_archive_for_containerd() -> None:
     ).stdout.splitlines()
     previous = toolchain.versions()["KUBERNETES_PREVIOUS_VERSION"]
     expected = sorted(
-        ("kubernetes-previous/" if tag == previous else "") + f"{repo.rsplit('/', 1)[1]}-{key}.oci.tar"
+        (f"{PREVIOUS_ARCHIVES}/" if tag == previous else "") + f"{repo.rsplit('/', 1)[1]}-{key}.oci.tar"
         for repo, tag, key in (line.split(" ", 2) for line in listed)
         if repo.startswith("localhost/rhizeption/")
     )
@@ -55,7 +56,7 @@ def test_every_image_has_an_archive_for_containerd() -> None:
     archives = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.oci.tar"))
     assert archives == expected
     names = {a.rsplit("-", 1)[0] for a in archives}
-    assert {"pause", "host", "node", "kubernetes-previous/kube-apiserver"} <= names
+    assert {"pause", "host", "node", f"{PREVIOUS_ARCHIVES}/kube-apiserver"} <= names
 
 
 def test_host_image_boots_systemd_plain_and_nested() -> None:

@@ -893,14 +893,23 @@ class _RollingCluster:
             return copy.deepcopy(items), "1"
         return [], "1"
 
+    def wait(self, path, done, timeout, *, field_selector=None):
+        """Kube.wait: each look is one watch event; gives up after a few when TIMEOUT is 0."""
+        name = field_selector.split("=", 1)[1]
+        for _event in range(5 if timeout == 0 else 100):
+            found = self.get(f"{path}/{name}")
+            objects = {name: found} if found else {}
+            if done(objects):
+                return True, objects
+        return False, objects
+
     def apply(self, path, obj, *, dry_run=False, what=""):
         self.objects[path] = copy.deepcopy(obj)
         self.applied.append((obj["kind"], obj["metadata"]["name"]))
         return copy.deepcopy(obj)
 
 
-def test_an_upgrade_writes_the_controllers_only_once_the_apiserver_rolled_out(monkeypatch):
-    monkeypatch.setattr(tcpmod.time, "sleep", lambda _s: None)
+def test_an_upgrade_writes_the_controllers_only_once_the_apiserver_rolled_out():
     obj = tcp(version="v1.34.4")
     obj["status"] = {"version": "v1.33.13"}
     cluster = _RollingCluster()
@@ -920,8 +929,7 @@ def test_an_upgrade_writes_the_controllers_only_once_the_apiserver_rolled_out(mo
     assert ("look", True) not in plain.applied
 
 
-def test_an_apiserver_that_does_not_roll_out_stops_the_upgrade_naming_the_version(monkeypatch):
-    monkeypatch.setattr(tcpmod.time, "sleep", lambda _s: None)
+def test_an_apiserver_that_does_not_roll_out_stops_the_upgrade_naming_the_version():
     obj = tcp(version="v1.34.4")
     obj["status"] = {"version": "v1.33.13"}
     cluster = _RollingCluster()
