@@ -167,6 +167,8 @@ class Outcome:
     after: Obj | None = None
     plan: ScalePlan = field(default_factory=ScalePlan)
     machines: List[Obj] = field(default_factory=list)
+    # Machines whose node Pod was (in check mode: would be) replaced for a new template.
+    replaced: List[str] = field(default_factory=list)
 
 
 def list_machines(kube: Kube, namespace: str, cluster_name: str) -> List[Obj]:
@@ -212,6 +214,9 @@ def ensure_present(
     out.after = cluster
     if check_mode:
         out.machines = machines
+        for machine in machines:
+            if machine["metadata"]["name"] not in out.plan.delete:
+                _keep_current(kube, cluster, machine, out, timeout, check_mode=True)
         return out
 
     for machine_name_ in out.plan.delete:
@@ -225,23 +230,10 @@ def ensure_present(
             bootstrap_secret=hosted_node.bootstrap_secret_name(machine_name_) if tenant else None,
         )
         hnmachine.ensure_present(kube, machine, cluster, timeout=timeout, creds=creds)
-    # Machines that were already there: keep their bootstrap data current (a token that ends
-    # is replaced), recreate a lost Pod, refresh status.
-    machines = list_machines(kube, ns, name)
-    for i, machine in enumerate(machines):
-        if meta(machine, "deletionTimestamp"):
-            continue
-        written = ""
-        if creds is not None and (machine["spec"].get("bootstrap") or {}).get("dataSecretName"):
-            _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, machine, creds)
-            out.changed = out.changed or bool(written)
-        # A node container that is down while its bootstrap Secret was missing could not start
-        # (CreateContainerConfigError): with the Secret back, it gets a new Pod.
-        pod, created = hnmachine.ensure_pod(
-            kube, machine, cluster, timeout, replace_stopped=written == "created"
-        )
-        out.changed = out.changed or created
-        machines[i] = hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod))
+    machines = [
+        _keep_current(kube, cluster, m, out, timeout, creds=creds, tenant=tenant)
+        for m in list_machines(kube, ns, name)
+    ]
     if wait:
         machines = wait_ready(kube, cluster, machines, timeout)
         if tenant is not None:
@@ -250,6 +242,48 @@ def ensure_present(
     out.machines = machines
     out.after = write_status(kube, cluster, machines)
     return out
+
+
+def _keep_current(
+    kube: Kube,
+    cluster: Obj,
+    machine: Obj,
+    out: Outcome,
+    timeout: float,
+    *,
+    creds: hosted_node.TenantCredentials | None = None,
+    tenant: Kube | None = None,
+    check_mode: bool = False,
+) -> Obj:
+    """A machine that was already there: keep its bootstrap data current (a token that ends is
+    replaced), recreate a lost Pod, roll a Pod made from an older template, refresh status.
+    Records what it changed in OUT."""
+    if meta(machine, "deletionTimestamp"):
+        return machine
+    ns, mname = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    if check_mode:
+        pod = kube.get(POD.path(ns, mname))
+        if pod is not None:
+            drift, _unused = hnmachine.update_pod(kube, machine, cluster, pod, timeout, check_mode=True)
+            out.changed = out.changed or bool(drift)
+            out.replaced += [mname] if drift == "replace" else []
+        return machine
+    written = ""
+    if creds is not None and (machine["spec"].get("bootstrap") or {}).get("dataSecretName"):
+        _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, machine, creds)
+        out.changed = out.changed or bool(written)
+    # A node container that is down while its bootstrap Secret was missing could not start
+    # (CreateContainerConfigError): with the Secret back, it gets a new Pod.
+    pod, created = hnmachine.ensure_pod(kube, machine, cluster, timeout, replace_stopped=written == "created")
+    out.changed = out.changed or created
+    if not created:
+        # A new template reaches running machines here, one at a time.
+        drift, _unused = hnmachine.update_pod(kube, machine, cluster, pod, timeout, tenant=tenant)
+        if drift:
+            out.changed = True
+            out.replaced += [mname] if drift == "replace" else []
+            pod = kube.get(POD.path(ns, mname))
+    return hnmachine.write_status(kube, machine, hnmachine.derive_status(machine, pod))
 
 
 def _with_node(kube: Kube, machine: Obj, node: Obj | None) -> Obj:

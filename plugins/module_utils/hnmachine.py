@@ -10,6 +10,8 @@ ensure_*   apply/wait: server-side apply, watches, status through the status sub
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +53,9 @@ TERMINAL_WAITING_REASONS = ("ErrImageNeverPull", "InvalidImageName", "CreateCont
 BLOCKED_GRACE = 20.0
 # How far a machine has come; a wait for one phase is satisfied by any later one.
 PROGRESS = {"Pending": 0, "Provisioning": 1, "Running": 2, "Ready": 3}
+# The hash of a node Pod's rendered spec, kept on the Pod. The API server fills in defaults, so
+# a live Pod cannot be compared with what was rendered for it; its hash can.
+POD_TEMPLATE_HASH = "hn.rhizeption.io/pod-template-hash"
 
 
 def promoted_nodes(kube: Kube, cluster: Obj) -> List[str]:
@@ -240,6 +245,7 @@ def render_pod(machine: Obj, cluster: Obj, promoted_nodes: Sequence[str] = ()) -
         "metadata": {
             "name": name,
             "namespace": namespace,
+            "annotations": {POD_TEMPLATE_HASH: template_hash(spec)},
             "labels": {
                 **(template.get("podLabels") or {}),
                 **MANAGED_BY,
@@ -251,6 +257,33 @@ def render_pod(machine: Obj, cluster: Obj, promoted_nodes: Sequence[str] = ()) -
         },
         "spec": spec,
     }
+
+
+def template_hash(pod_spec: Obj) -> str:
+    text = json.dumps(pod_spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pod_drift(pod: Obj, desired: Obj) -> str:
+    """What it takes to bring the live node POD to DESIRED (render_pod): "replace" when its
+    spec changed (Kubernetes keeps most of a Pod's spec immutable, so a new image, command,
+    env, mount, security context or resources needs a new Pod), "patch" when only its labels
+    did or it was made before the hash was kept, "" when nothing."""
+    have = (meta(pod, "annotations") or {}).get(POD_TEMPLATE_HASH)
+    if have is not None and have != desired["metadata"]["annotations"][POD_TEMPLATE_HASH]:
+        return "replace"
+    labels = meta(pod, "labels") or {}
+    if have is None or any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return "patch"
+    return ""
+
+
+def _drift_text(pod: Obj, desired: Obj) -> str:
+    images = [
+        next((c.get("image") for c in p["spec"]["containers"] if c["name"] == NODE_CONTAINER), None)
+        for p in (pod, desired)
+    ]
+    return f"image {images[0]} -> {images[1]}" if images[0] != images[1] else "its template changed"
 
 
 # -- status --------------------------------------------------------------------------
@@ -403,6 +436,7 @@ class Outcome:
     before: Obj | None = None
     after: Obj | None = None
     pod_created: bool = False
+    pod_replaced: bool = False
     messages: List[str] = field(default_factory=list)
 
 
@@ -454,6 +488,11 @@ def ensure_present(
         if pod is None:
             out.changed = True
             out.messages.append(f"would create the node Pod {ns}/{name}")
+        else:
+            drift, said = update_pod(kube, applied, cluster, pod, timeout, check_mode=True)
+            out.changed = out.changed or bool(drift)
+            out.pod_replaced = drift == "replace"
+            out.messages += [said] if said else []
         return out
 
     if not status_of(applied):
@@ -463,7 +502,13 @@ def ensure_present(
         _unused, written = hosted_node.ensure_bootstrap_secret(kube, cluster, applied, creds)
         out.changed = out.changed or bool(written)
     pod, out.pod_created = ensure_pod(kube, applied, cluster, timeout, created_machine=out.before is None)
-    out.changed = out.changed or out.pod_created
+    if not out.pod_created:
+        drift, said = update_pod(kube, applied, cluster, pod, timeout)
+        if drift:
+            out.messages.append(said)
+            out.pod_replaced = drift == "replace"
+            pod = kube.get(POD.path(ns, name))
+    out.changed = out.changed or out.pod_created or bool(out.messages)
     out.after = write_status(kube, applied, derive_status(applied, pod))
     if wait_for:
         out.after = wait_for_phase(kube, out.after, wait_for, timeout)
@@ -491,8 +536,8 @@ def ensure_pod(
     created_machine: bool = False,
     replace_stopped: bool = False,
 ) -> Tuple[Obj, bool]:
-    """The machine's node Pod, created when missing: (pod, created). A Pod is never
-    changed in place (most of its spec is immutable): the machine is replaced instead.
+    """The machine's node Pod, created when missing: (pod, created). An existing Pod is
+    left as it is (update_pod brings it to a new template).
     REPLACE_STOPPED: a Pod whose node container does not run is replaced by a new one."""
     ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
     pod = kube.get(POD.path(ns, name))
@@ -531,6 +576,54 @@ def ensure_pod(
             write_status(kube, machine, failed)
         raise MachineError(str(e)) from e
     return pod, True
+
+
+def update_pod(
+    kube: Kube,
+    machine: Obj,
+    cluster: Obj,
+    pod: Obj,
+    timeout: float,
+    *,
+    tenant: Kube | None = None,
+    check_mode: bool = False,
+) -> Tuple[str, str]:
+    """Bring the machine's node POD up to its template: (pod_drift's answer, what was done or
+    in CHECK_MODE would be), ("", "") when it is up to date. New labels are patched in. Any other change
+    needs a new Pod, and a new Pod is a new node: with its TENANT, the Node is drained first
+    and its object deleted once the old Pod is gone, so the kubelet registers again with the
+    new labels and taints. The run then waits until the machine runs again (with TENANT:
+    until its Node is Ready), so a cluster rolls one node at a time."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
+    desired = render_pod(machine, cluster, promoted_nodes(kube, cluster))
+    drift = pod_drift(pod, desired)
+    if not drift or meta(pod, "deletionTimestamp"):
+        return "", ""
+    if drift == "patch":
+        if not check_mode:
+            kube.request(
+                "PATCH",
+                POD.path(ns, name),
+                body={"metadata": {k: desired["metadata"][k] for k in ("labels", "annotations")}},
+                content_type="application/merge-patch+json",
+                what=f"label the node Pod {ns}/{name}",
+            )
+        return drift, f"{'would patch' if check_mode else 'patched'} the labels of the node Pod {ns}/{name}"
+    said = f"the node Pod {ns}/{name} ({_drift_text(pod, desired)})"
+    if check_mode:
+        return drift, f"would replace {said}"
+    if tenant is not None:
+        hosted_node.drain(tenant, name, timeout)
+    kube.delete(POD.path(ns, name), uid=pod["metadata"]["uid"], what=f"replace {said}")
+    _wait_gone(kube, POD.path(ns), name, timeout)
+    if tenant is not None:
+        hosted_node.delete_node(tenant, name)
+    ensure_pod(kube, machine, cluster, timeout)
+    if tenant is not None:
+        hosted_node.wait_nodes_ready(tenant, [name], timeout)
+    else:
+        wait_for_phase(kube, machine, "Running", timeout)
+    return drift, f"replaced {said}"
 
 
 def wait_past_blocked(

@@ -19,10 +19,14 @@ description:
   - Every machine is handled by the same core as M(rhizeption.core.hnmachine). A machine whose Pod is gone
     gets a new one. The cluster's status (replicas, readyReplicas, phase, conditions) is derived from its
     machines and written through the status subresource.
+  - A change of C(machineTemplate) reaches the running machines. New Pod labels are patched in. Any other
+    change (image, resources, node labels and taints, tolerations, node selector) needs a new Pod, so the
+    machines are replaced one at a time. With O(tenant_kubeconfig) each machine's Node is drained first
+    and deleted once the old Pod is gone, and the next machine waits until the new Node is Ready.
   - O(state=absent) deletes the machines one by one, each with its Pod first, then the cluster. Deleting a
     cluster that does not exist is no change.
-  - Check mode sends the cluster to the API server as a dry run and reports which machines would be created
-    or deleted, without writing. Diff mode shows the cluster before and after.
+  - Check mode sends the cluster to the API server as a dry run and reports which machines would be created,
+    deleted or replaced, without writing. Diff mode shows the cluster before and after.
 author:
   - rhizeption.core developers (@rhizeption)
 options:
@@ -93,7 +97,8 @@ attributes:
   diff_mode:
     support: full
 notes:
-  - A change of C(machineTemplate) applies to machines created afterwards; existing machines keep their Pod.
+  - Replacing a machine's Pod restarts its node from empty state, as a new node would start. With
+    O(tenant_kubeconfig), the tenant's Pods move to other nodes before it goes, as on scale-down.
 seealso:
   - module: rhizeption.core.hnmachine
   - module: rhizeption.core.hnmachine_info
@@ -153,6 +158,14 @@ deleted:
   returned: always
   type: list
   elements: str
+replaced:
+  description:
+    - The machines whose node Pod the task replaced (in check mode, would replace) because the machine
+      template changed, in the order it replaced them.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: [blue-0, blue-1]
 machines:
   description: Name, phase and readiness of each machine of the cluster after the task.
   returned: when O(state=present)
@@ -212,6 +225,7 @@ def main() -> None:
             "cluster": out.after,
             "created": out.plan.create,
             "deleted": out.plan.delete,
+            "replaced": out.replaced,
             "machines": [
                 {
                     "name": m["metadata"]["name"],

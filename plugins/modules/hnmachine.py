@@ -48,8 +48,10 @@ options:
         example C(image), C(resources), C(nodeLabels), C(nodeSelector), C(tolerations).
       - Maps (C(nodeLabels), C(podLabels), C(nodeSelector)) merge key by key with the cluster's; other
         fields replace it.
-      - The node Pod is built when the machine is created. A later change applies to the machine's next
-        Pod; delete and recreate the machine to roll it.
+      - A change reaches the running node Pod. New Pod labels are patched in; any other change replaces
+        the Pod, and the task waits until the new one runs. This module does not drain the machine's Node
+        in its tenant first; M(rhizeption.core.hncluster) with
+        O(rhizeption.core.hncluster#module:tenant_kubeconfig) does.
     type: dict
   labels:
     description: Labels of the HnMachine.
@@ -126,6 +128,11 @@ pod_created:
   description: Whether the task created the machine's node Pod.
   returned: always
   type: bool
+pod_replaced:
+  description:
+    - Whether the task replaced (in check mode, would replace) the node Pod because its template changed.
+  returned: always
+  type: bool
 """
 
 from ansible_collections.rhizeption.core.plugins.module_utils import hn_module, hnmachine  # noqa: E402
@@ -155,7 +162,7 @@ def main() -> None:
             out = hnmachine.ensure_absent(
                 kube, p["namespace"], p["name"], check_mode=mod.check_mode, timeout=p["wait_timeout"]
             )
-            result = {"changed": out.changed, "pod_created": False}
+            result = {"changed": out.changed, "pod_created": False, "pod_replaced": False}
             if mod._diff:
                 result["diff"] = {"before": hnmachine.user_view(out.before) or {}, "after": {}}
             return result
@@ -181,6 +188,7 @@ def main() -> None:
             "machine": out.after,
             "phase": status_of(out.after).get("phase", "Pending"),
             "pod_created": out.pod_created,
+            "pod_replaced": out.pod_replaced,
         }
         if out.messages:
             result["msg"] = "; ".join(out.messages)

@@ -87,6 +87,17 @@ class Flow:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "hnmachines", name)
 
 
+def node_ctr(flow: Flow, *args: str) -> subprocess.CompletedProcess:
+    """ctr in the host node's containerd (the rig's node container)."""
+    return subprocess.run(
+        ["podman", "exec", flow.host_cluster.node.container, "ctr", "-n", "k8s.io", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def release_machines(custom: kubernetes.client.CustomObjectsApi, namespace: str) -> None:
     """Drop the finalizers of HnMachines a failed test left, or their namespace would wait
     for them forever (no controller runs to release them)."""

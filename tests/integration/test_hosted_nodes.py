@@ -19,12 +19,14 @@ import kubernetes
 from hosted import (
     BUSYBOX,
     GROUP,
+    NODE_IMAGE,
     PLAYBOOKS,
     SERVICE_CIDR,
     VERSION,
     Flow,
     cluster_spec,
     kubectl,
+    node_ctr,
     ready,
     tenant_nodes,
 )
@@ -33,6 +35,10 @@ from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
 
 from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import cluster_dns_ip  # isort: skip
+
+
+# The node image under a second name in the host node's containerd: a new image to roll to.
+ROLLED_IMAGE = f"{NODE_IMAGE}-rolled"
 
 
 def rolled_out(tenant: ControlPlane) -> None:
@@ -247,14 +253,49 @@ def test_a_deleted_node_pod_comes_back_as_the_same_node(flow: Flow) -> None:
     assert {p.spec.node_name for p in web} == {"blue-0", "blue-1"}
 
 
+def test_a_new_template_rolls_the_nodes_one_at_a_time(flow: Flow) -> None:
+    """A new image needs new Pods: check mode names the machines, the run replaces them in
+    order, each drained and its Node Ready again before the next goes, and no Pod is lost."""
+    tagged = node_ctr(flow, "images", "tag", NODE_IMAGE, ROLLED_IMAGE)
+    assert tagged.returncode == 0, tagged.stderr
+    ns = flow.namespace
+    spec = cluster_spec(flow.host_cluster, flow.tenant, 2, image=ROLLED_IMAGE)
+    old = {n: flow.hcore.read_namespaced_pod(n, ns).metadata.uid for n in ("blue-0", "blue-1")}
+
+    check = flow.hncluster("--check", spec=spec)
+    assert not check.get("failed"), check.get("msg")
+    assert check["changed"] and check["replaced"] == ["blue-0", "blue-1"]
+    assert {n: flow.hcore.read_namespaced_pod(n, ns).metadata.uid for n in old} == old
+
+    rolled = flow.hncluster(spec=spec)
+    assert not rolled.get("failed"), rolled.get("msg")
+    assert rolled["changed"] and rolled["replaced"] == ["blue-0", "blue-1"]
+    pods = {n: flow.hcore.read_namespaced_pod(n, ns) for n in old}
+    assert all(p.metadata.uid != old[n] for n, p in pods.items())
+    assert {p.spec.containers[0].image for p in pods.values()} == {ROLLED_IMAGE}
+    nodes = tenant_nodes(flow.tcore)
+    assert set(nodes) == {"blue-0", "blue-1"} and all(ready(n) for n in nodes.values())
+    # One at a time: blue-1's new Pod came after blue-0 was back as a Ready Node.
+    back = next(c.last_transition_time for c in nodes["blue-0"].status.conditions if c.type == "Ready")
+    assert pods["blue-1"].metadata.creation_timestamp >= back
+    assert nodes["blue-1"].metadata.labels["tier"] == "hosted"
+    rolled_out(flow.tenant)
+    web = flow.tcore.list_namespaced_pod("web", label_selector="app=web").items
+    assert len(web) == 4 and all(p.status.phase == "Running" for p in web)
+
+    again = flow.hncluster(spec=spec)
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is False and again["replaced"] == []
+
+
 def test_scale_up_to_three_then_down_to_one_drains(flow: Flow) -> None:
-    up = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 3))
+    up = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 3, image=ROLLED_IMAGE))
     assert not up.get("failed"), up.get("msg")
     assert up["created"] == ["blue-2"]
     nodes = tenant_nodes(flow.tcore)
     assert set(nodes) == {"blue-0", "blue-1", "blue-2"} and all(ready(n) for n in nodes.values())
 
-    down = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 1))
+    down = flow.hncluster(spec=cluster_spec(flow.host_cluster, flow.tenant, 1, image=ROLLED_IMAGE))
     assert not down.get("failed"), down.get("msg")
     assert sorted(down["deleted"]) == ["blue-1", "blue-2"]
     assert set(tenant_nodes(flow.tcore)) == {"blue-0"}

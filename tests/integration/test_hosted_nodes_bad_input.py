@@ -19,7 +19,18 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 import yaml
-from hosted import BUSYBOX, GROUP, NODE_IMAGE, VERSION, Flow, cluster_spec, kubectl, ready, tenant_nodes
+from hosted import (
+    BUSYBOX,
+    GROUP,
+    NODE_IMAGE,
+    VERSION,
+    Flow,
+    cluster_spec,
+    kubectl,
+    node_ctr,
+    ready,
+    tenant_nodes,
+)
 from riglib.controlplane import ControlPlane
 
 from ansible_collections.rhizeption.core.plugins.module_utils import hnmachine  # isort: skip
@@ -97,17 +108,6 @@ def runs_a_pod(flow: Flow, node: str) -> None:
         assert phase == "Succeeded", f"a Pod on {node} ended {phase}"
     finally:
         flow.tcore.delete_namespaced_pod(name, "default", grace_period_seconds=0)
-
-
-def node_ctr(flow: Flow, *args: str) -> subprocess.CompletedProcess:
-    """ctr in the host node's containerd (the rig's node container)."""
-    return subprocess.run(
-        ["podman", "exec", flow.host_cluster.node.container, "ctr", "-n", "k8s.io", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def nothing_of(flow: Flow, name: str) -> list[str]:

@@ -430,6 +430,77 @@ def test_a_running_node_pod_is_never_replaced():
     assert kube.done == []
 
 
+def test_the_pod_carries_the_hash_of_its_spec_which_labels_do_not_change():
+    hash_of = lambda m, c: hnmachine.render_pod(m, c)["metadata"]["annotations"][hnmachine.POD_TEMPLATE_HASH]  # noqa: E731
+    base = hash_of(machine(), cluster())
+    assert base == hash_of(machine(), cluster())
+    assert base == hash_of(machine(), cluster(podLabels={"team": "a"}))
+    assert base != hash_of(machine(), cluster(image="localhost/rhizeption/hosted-node:v1.34.5"))
+    assert base != hash_of(machine(template={"nodeLabels": {"zone": "b"}}), cluster())
+
+
+def live(p, **meta):
+    """P as the API server keeps it: with defaults the template never set."""
+    p = copy.deepcopy(p)
+    p["spec"]["dnsPolicy"] = "ClusterFirst"
+    p["metadata"].update({"uid": "pod-uid", **meta})
+    return p
+
+
+def test_drift_replaces_for_a_new_spec_and_patches_for_new_labels_only():
+    now = hnmachine.render_pod(machine(), cluster())
+    assert hnmachine.pod_drift(live(now), now) == ""  # defaults filled in by the server are no drift
+    older = live(hnmachine.render_pod(machine(), cluster(image="localhost/rhizeption/node:old")))
+    assert hnmachine.pod_drift(older, now) == "replace"
+    relabelled = hnmachine.render_pod(machine(), cluster(podLabels={"team": "a"}))
+    assert hnmachine.pod_drift(live(now), relabelled) == "patch"
+    unhashed = live(now)
+    del unhashed["metadata"]["annotations"]
+    assert hnmachine.pod_drift(unhashed, now) == "patch"  # made before the hash: adopted, not rolled
+
+
+class Rollout(PodStore):
+    """PodStore that also records label patches and waits, for update_pod."""
+
+    def request(self, method, path, body=None, **kwargs):
+        if method == "PATCH":
+            self.done.append(("PATCH", body["metadata"]["labels"].get("team")))
+            return body
+        return super().request(method, path, body=body, **kwargs)
+
+    def list(self, _path, **_kwargs):
+        return [], "1"  # no promoted nodes (the TenantControlPlane lookup)
+
+
+def test_a_new_image_replaces_the_pod_draining_and_removing_its_node_first(monkeypatch):
+    m = machine()
+    kube = Rollout(live(hnmachine.render_pod(m, cluster(image="localhost/rhizeption/node:old"))))
+    for step in ("drain", "delete_node", "wait_nodes_ready"):
+        monkeypatch.setattr(
+            hnmachine.hosted_node, step, lambda _t, name, *_a, step=step: kube.done.append((step, name))
+        )
+    drift, said = hnmachine.update_pod(kube, m, cluster(), kube.pod, 30, tenant=object())
+    assert drift == "replace" and "image localhost/rhizeption/node:old -> " in said
+    assert kube.done == [
+        ("drain", "blue-0"),
+        ("delete", "pod-uid"),
+        ("delete_node", "blue-0"),
+        ("POST", "blue-0"),
+        ("wait_nodes_ready", ["blue-0"]),
+    ]
+
+
+def test_check_mode_says_what_would_be_done_and_does_nothing():
+    m = machine()
+    kube = Rollout(live(hnmachine.render_pod(m, cluster(image="localhost/rhizeption/node:old"))))
+    drift, said = hnmachine.update_pod(kube, m, cluster(), kube.pod, 30, check_mode=True)
+    assert (drift, kube.done) == ("replace", [])
+    assert said.startswith("would replace the node Pod tenants/blue-0 (image ")
+    kube = Rollout(live(hnmachine.render_pod(m, cluster())))
+    assert hnmachine.update_pod(kube, m, cluster(podLabels={"team": "a"}), kube.pod, 30)[0] == "patch"
+    assert kube.done == [("PATCH", "a")]
+
+
 def test_applying_a_machine_hncluster_made_keeps_its_join_fields():
     """The hnmachine module does not know a machine's providerID and bootstrap Secret; with
     one field manager for both modules, leaving them out of the apply would remove them."""
