@@ -567,6 +567,8 @@ def drain(tenant: Kube, node_name: str, timeout: float) -> List[str]:
             except KubeError as e:
                 if e.status == 429:  # a PodDisruptionBudget says not yet
                     retry.append(pod)
+                elif e.status == 403 and "NamespaceTerminating" in e.causes:
+                    pass  # its namespace is going and takes it along (as kubectl drain waits)
                 elif e.status != 404:
                     raise
         if retry and time.monotonic() > deadline:

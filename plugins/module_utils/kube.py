@@ -74,11 +74,19 @@ CRD = Resource(
 class KubeError(Exception):
     """An API error with the server's own message and the field paths it names."""
 
-    def __init__(self, message: str, status: int = 0, reason: str = "", fields: List[str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int = 0,
+        reason: str = "",
+        fields: List[str] | None = None,
+        causes: List[str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.fields = fields or []
+        self.causes = causes or []  # the reasons of the Status's causes, e.g. NamespaceTerminating
 
     @classmethod
     def from_api_exception(cls, exc: Any, what: str) -> KubeError:
@@ -87,16 +95,19 @@ class KubeError(Exception):
         text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
         message = f"{status} {reason}: {text.strip()}"
         fields: List[str] = []
+        causes: List[str] = []
         try:
             body = json.loads(text)
             message = body.get("message") or message
             reason = body.get("reason") or reason
-            fields = [c["field"] for c in (body.get("details") or {}).get("causes") or [] if c.get("field")]
+            listed = (body.get("details") or {}).get("causes") or []
+            fields = [c["field"] for c in listed if c.get("field")]
+            causes = [c["reason"] for c in listed if c.get("reason")]
         except (TypeError, ValueError, AttributeError):
             if status == 404:
                 # Not a Status object: the path itself is not served.
                 message = "the API server does not serve this resource; is its CRD installed?"
-        return cls(f"{what}: {message}", status=status, reason=reason, fields=fields)
+        return cls(f"{what}: {message}", status=status, reason=reason, fields=fields, causes=causes)
 
 
 def api_client_from(module: Any = None, **auth: Any) -> Any:

@@ -170,3 +170,52 @@ def test_the_bootstrap_secret_says_whether_it_was_created_updated_or_current():
     assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == ""
     creds.bootstrap_token = "ghijkl.0123456789abcdef"  # a new token after the old one expired
     assert hn.ensure_bootstrap_secret(host, cluster(), machine(), creds)[1] == "updated"
+
+
+class DrainedTenant:
+    """A tenant with one Node and two of its Pods, whose evictions answer ANSWERS by Pod name."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.pods = {
+            n: {
+                "metadata": {"name": n, "namespace": "shop", "uid": f"uid-{n}"},
+                "status": {"phase": "Running"},
+            }
+            for n in answers
+        }
+        self.evicted = []
+
+    def get(self, _path):
+        return {"metadata": {"name": "blue-0"}}
+
+    def json_patch(self, *_args, **_kwargs):
+        return {}
+
+    def list(self, _path, **_kwargs):
+        return list(self.pods.values()), "1"
+
+    def request(self, _method, path, body=None, **_kwargs):
+        name = body["metadata"]["name"]
+        answer = self.answers[name]
+        if answer is not None:
+            raise answer
+        self.evicted.append(name)
+        return {}
+
+    def wait(self, _path, done, _timeout, **_kwargs):
+        return done({}), {}
+
+
+def test_drain_waits_for_pods_whose_namespace_is_going_instead_of_failing():
+    """The API server refuses to evict in a terminating namespace (403, cause
+    NamespaceTerminating); the namespace takes the Pod along, so drain waits, as kubectl's does."""
+    terminating = KubeError(
+        "evict: forbidden", status=403, reason="Forbidden", causes=["NamespaceTerminating"]
+    )
+    tenant = DrainedTenant({"web-1": None, "web-2": terminating})
+    assert hn.drain(tenant, "blue-0", 30) == ["shop/web-1", "shop/web-2"]
+    assert tenant.evicted == ["web-1"]
+    other = KubeError("evict: forbidden", status=403, reason="Forbidden")
+    with pytest.raises(KubeError):
+        hn.drain(DrainedTenant({"web-1": other}), "blue-0", 30)
