@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
+# What a node runs, whoever installed it: the processes whose memory is compared.
+NODE_PROCESSES = ("containerd", "containerd-shim", "containerd-shim-runc-v2", "kubelet", "kube-proxy")
 
 
 def summary(samples: list[float]) -> dict[str, float]:

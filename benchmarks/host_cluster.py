@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,6 @@ from pathlib import Path
 from kubernetes import client, config, watch
 
 from . import common
-from .hosted_node import NODE_PROCESSES
 
 SCENARIO = "host_cluster"
 HOSTS = {"hc-cp": "rhizeption-molecule-host-cluster-hc-cp", "hc-w1": "rhizeption-molecule-host-cluster-hc-w1"}
@@ -59,7 +59,7 @@ def rss_mb(container: str, process: str) -> float:
 
 def node_rss(container: str) -> float:
     """MiB of RSS of the node processes in CONTAINER, as hosted_node counts them."""
-    return sum(rss_mb(container, name) for name in NODE_PROCESSES)
+    return sum(rss_mb(container, name) for name in common.NODE_PROCESSES)
 
 
 def worker_rss_with_pods(kubeconfig: Path, node: str, pods: int = 10) -> float:
@@ -177,6 +177,48 @@ def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
         while ns in {n.metadata.name for n in api.list_namespace().items} and time.monotonic() < deadline:
             time.sleep(1)
     return {kind: [seen[n] - created[n] for n in created if n.startswith(kind)] for kind in ("cm", "pod")}
+
+
+def wait_node_ready(kubeconfig: Path, node: str, timeout: int = 300) -> None:
+    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    for event in watch.Watch().stream(
+        api.list_node, field_selector=f"metadata.name={node}", timeout_seconds=timeout
+    ):
+        conditions = event["object"].status.conditions or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            return
+    raise RuntimeError(f"Node {node} not Ready after {timeout} s")
+
+
+def worker_baseline() -> dict:
+    """The role-installed kubelet node that the hosted_node benchmark compares a hosted node
+    with (issue #9), on a fresh scenario: its node processes' RSS idle and with 10 Pods, and
+    how long the converge that adds it back takes until its Node is Ready, beside the no-op
+    converge (what any run of the role costs)."""
+    with tempfile.TemporaryDirectory(prefix="rhizeption-bench-hc-") as tmp:
+        kubeconfig = Path(tmp) / "admin.kubeconfig"
+        extra = ["--", "-e", f"host_cluster_admin_kubeconfig={kubeconfig}"]
+        molecule("destroy", "-s", SCENARIO)
+        try:
+            molecule("create", "-s", SCENARIO)
+            molecule("converge", "-s", SCENARIO, *extra)
+            noop_s = molecule("converge", "-s", SCENARIO, *extra)
+            time.sleep(10)
+            idle = node_rss(HOSTS["hc-w1"])
+            ten = worker_rss_with_pods(kubeconfig, "hc-w1")
+            remove = json.dumps({"host_cluster_remove_workers": ["hc-w1"]})
+            molecule("converge", "-s", SCENARIO, *extra, "-e", remove)
+            start = time.monotonic()
+            molecule("converge", "-s", SCENARIO, *extra)
+            wait_node_ready(kubeconfig, "hc-w1")
+            join_s = time.monotonic() - start
+        finally:
+            molecule("destroy", "-s", SCENARIO)
+    return {
+        "converge_to_node_ready_s": join_s,
+        "noop_converge_s": noop_s,
+        "rss_mib": {"idle": idle, "with 10 Pods": ten},
+    }
 
 
 def run() -> dict:

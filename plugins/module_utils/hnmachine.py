@@ -46,6 +46,10 @@ MERGED_TEMPLATE_MAPS = ("nodeLabels", "podLabels", "nodeSelector")
 # Container states that will not get better by waiting alone: the machine is Failed until
 # someone fixes the cause (a missing image or Secret), then the host's kubelet starts it.
 TERMINAL_WAITING_REASONS = ("ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError")
+# The kubelet also says CreateContainerConfigError while the watch of a Secret it has just begun
+# to read has not synced ("failed to sync secret cache: timed out waiting for the condition"),
+# as on a busy host right after the bootstrap Secret is written: that passes by itself.
+PASSING_CONFIG_ERRORS = ("failed to sync ",)
 # The host's kubelet tries a container it could not create again every 10-15 s (its pod
 # workers' back-off, kubelet.go backOffPeriod + jitter). A wait gives a machine that was already
 # blocked when the wait began this long to show whether its cause was fixed just before, so the
@@ -143,6 +147,7 @@ def render_pod(machine: Obj, cluster: Obj, promoted_nodes: Sequence[str] = ()) -
         {"name": "HN_SERVICE_CIDR", "value": network.get("serviceCIDR", "")},
         {"name": "HN_SERVICE_DOMAIN", "value": network.get("serviceDomain", "")},
         {"name": "HN_KUBELET_VERSION", "value": template.get("kubeletVersion", "")},
+        {"name": "HN_SNAPSHOTTER", "value": template.get("snapshotter", "")},
         {
             "name": "HN_NODE_LABELS",
             "value": ",".join(f"{k}={v}" for k, v in sorted((template.get("nodeLabels") or {}).items())),
@@ -287,6 +292,15 @@ def _drift_text(pod: Obj, desired: Obj) -> str:
 
 
 # -- status --------------------------------------------------------------------------
+def stuck(waiting: Obj | None) -> bool:
+    """Whether a container's waiting state will not get better by waiting alone."""
+    reason = (waiting or {}).get("reason")
+    if reason not in TERMINAL_WAITING_REASONS:
+        return False
+    message = (waiting or {}).get("message") or ""
+    return not (reason == "CreateContainerConfigError" and message.startswith(PASSING_CONFIG_ERRORS))
+
+
 def _pod_condition(pod: Obj, type_: str) -> Obj | None:
     return next((c for c in status_of(pod).get("conditions") or [] if c.get("type") == type_), None)
 
@@ -342,7 +356,7 @@ def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: s
             "Failed",
             (reason, pod_status.get("message") or f"the node Pod ended ({pod_status['phase']})"),
         )
-    elif trouble and trouble.get("reason") in TERMINAL_WAITING_REASONS:
+    elif trouble and stuck(trouble):
         phase, failure = "Failed", (trouble["reason"], trouble.get("message") or trouble["reason"])
     elif pod_status.get("phase") == "Running":
         phase = "Running"

@@ -66,8 +66,8 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     status_of,
 )
 from ansible_collections.rhizeption.core.plugins.module_utils.hnmachine import (
-    TERMINAL_WAITING_REASONS,
     now_rfc3339,
+    stuck,
 )
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, KubeError, Obj, Resource
 
@@ -1446,7 +1446,7 @@ def _pod_trouble(observed: Sequence[Obj], tcp: Obj, component: str) -> str | Non
             continue
         for cs in status_of(pod).get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in TERMINAL_WAITING_REASONS:
+            if stuck(waiting):
                 return f"Pod {meta(pod, 'name')}: {waiting['reason']}: {waiting.get('message') or ''}".strip()
     return None
 

@@ -161,6 +161,12 @@ def test_pod_reads_its_bootstrap_secret_and_is_ready_only_after_the_sentinel():
     assert "readinessProbe" not in c
 
 
+def test_pod_tells_the_node_its_snapshotter_and_leaves_the_choice_to_it_otherwise():
+    env = lambda p: {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}  # noqa: E731
+    assert env(hnmachine.render_pod(machine(), cluster(snapshotter="native")))["HN_SNAPSHOTTER"] == "native"
+    assert env(hnmachine.render_pod(machine(), cluster()))["HN_SNAPSHOTTER"] == ""
+
+
 def test_pod_leaves_out_what_the_template_does_not_set():
     p = hnmachine.render_pod(machine(), cluster())
     (c,) = p["spec"]["containers"]
@@ -341,6 +347,20 @@ def test_a_missing_image_or_secret_is_a_failure_that_names_it_and_clears_with_th
     later = hnmachine.derive_status(m, pod("Running", scheduled=True, ready=True), now=LATER)
     assert later["phase"] == "Running" and "failureReason" not in later
     assert not hnmachine.blocked({"status": later})
+
+
+def test_a_secret_the_kubelet_has_not_synced_yet_is_a_wait_not_a_failure():
+    """Seen on a busy host right after the bootstrap Secret was written: the kubelet's next
+    try starts the container, so the machine is Provisioning, not Failed."""
+    unsynced = {
+        "reason": "CreateContainerConfigError",
+        "message": "failed to sync secret cache: timed out waiting for the condition",
+    }
+    status = hnmachine.derive_status(machine(), pod("Pending", scheduled=True, waiting=unsynced), now=NOW)
+    assert status["phase"] == "Provisioning" and "failureReason" not in status
+    missing = {**unsynced, "message": 'secret "blue-0-bootstrap" not found'}
+    status = hnmachine.derive_status(machine(), pod("Pending", scheduled=True, waiting=missing), now=NOW)
+    assert (status["phase"], status["failureReason"]) == ("Failed", "CreateContainerConfigError")
 
 
 def test_a_pod_that_ended_is_failed_but_not_blocked():
