@@ -15,17 +15,31 @@ from .config import AgentConfig, ConfigError, load
 
 def build(cfg: AgentConfig):
     from . import identity  # noqa: PLC0415
-    from .agent import Agent  # noqa: PLC0415
-    from .backends.podman import PodmanRuntime  # noqa: PLC0415
     from .kubeapi import connect  # noqa: PLC0415
-    from .node import addresses, allocatable, capacity, measure  # noqa: PLC0415
-    from .runtime import RuntimeProvider  # noqa: PLC0415
-    from .volumes import Volumes  # noqa: PLC0415
+    from .node import addresses  # noqa: PLC0415
 
     if cfg.bootstrap_kubeconfig and not identity.client_kubeconfig_valid(Path(cfg.kubeconfig)):
         identity.bootstrap_client(cfg.bootstrap_kubeconfig, Path(cfg.kubeconfig), cfg.node_name)
     kube = connect(cfg.kubeconfig)
     host_ip = addresses(cfg)[0]["address"]
+    agent = (
+        _host_cluster_agent(cfg, kube, host_ip)
+        if cfg.backend == "hostcluster"
+        else _podman_agent(cfg, kube, host_ip)
+    )
+    if cfg.server.enabled:
+        _serve(agent, cfg, kube, host_ip)
+    return agent
+
+
+def _podman_agent(cfg: AgentConfig, kube, host_ip: str):
+    """A pet node: Pods run by the local Podman."""
+    from .agent import Agent  # noqa: PLC0415
+    from .backends.podman import PodmanRuntime  # noqa: PLC0415
+    from .node import allocatable, capacity, measure  # noqa: PLC0415
+    from .runtime import RuntimeProvider  # noqa: PLC0415
+    from .volumes import Volumes  # noqa: PLC0415
+
     provider = RuntimeProvider(
         PodmanRuntime(cfg.podman_url),
         Volumes(kube, cfg.state_dir, host_ip),
@@ -37,42 +51,84 @@ def build(cfg: AgentConfig):
         allocatable=allocatable(capacity(measure(cfg.state_dir), cfg.max_pods), cfg.reserved),
     )
     provider.volume_resync = cfg.volume_resync_seconds
-    agent = Agent(cfg, kube, provider)
-    if cfg.server.enabled:
-        from .server import NodeServer, self_signed  # noqa: PLC0415
+    return Agent(cfg, kube, provider)
 
-        cert, key = cfg.server.cert_file, cfg.server.key_file
-        if not cert:
-            cert, key = self_signed(cfg.state_dir, cfg.node_name, [host_ip])
-        agent.server = NodeServer(
-            kube,
-            provider,
-            agent.pods,
-            node_name=cfg.node_name,
-            address=cfg.server.address,
-            port=cfg.server.port,
-            cert_file=cert,
-            key_file=key,
-            client_ca_file=cfg.server.client_ca_file,
-        )
-        if cfg.server.request_serving_certificate:
-            server = agent.server
 
-            def serving() -> None:
-                names = [a["address"] for a in addresses(cfg) if a["type"] == "Hostname"]
-                got = identity.serving_certificate(
-                    kube,
-                    cfg.state_dir,
-                    cfg.node_name,
-                    ips=[host_ip],
-                    dns=[cfg.node_name, *names],
-                    timeout=3600,
-                )
-                if got:
-                    server.use_certificate(*got)
+def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
+    """A virtual node: its Pods run as Pods of the host cluster (docs/virtual-nodes.md). It
+    serves one Node, the resources node, whose address is the agent's."""
+    from .agent import Agent  # noqa: PLC0415
+    from .backends.hostcluster.nodes import ResourcesNodeSource  # noqa: PLC0415
+    from .backends.hostcluster.pods import HostSettings, Placement  # noqa: PLC0415
+    from .backends.hostcluster.provider import HostClusterProvider  # noqa: PLC0415
+    from .kubeapi import connect  # noqa: PLC0415
+    from .node import KUBELET_VERSION  # noqa: PLC0415
 
-            threading.Thread(target=serving, name="serving-csr", daemon=True).start()
+    hc = cfg.host_cluster
+    settings = HostSettings(
+        tenant=hc.tenant,
+        namespace=hc.namespace,
+        pod_security=hc.pod_security,
+        cluster_domain=hc.cluster_domain,
+        dns_ip=hc.dns_ip or None,
+        api_server_ip=hc.api_server_ip or None,
+        api_server_port=hc.api_server_port,
+    )
+    here = Placement(node_name=cfg.node_name, node_address=host_ip)
+    provider = HostClusterProvider(
+        connect(hc.kubeconfig), kube, settings, lambda node_name: here if node_name == cfg.node_name else None
+    )
+    source = ResourcesNodeSource(
+        cfg.node_name,
+        hc.resources,
+        address=host_ip,
+        port=cfg.server.port,
+        kubelet_version=KUBELET_VERSION,
+        max_pods=cfg.max_pods,
+        labels=cfg.labels,
+    )
+    agent = Agent(cfg, kube, provider, node_source=source)
+    provider.bind(agent.wake, agent.events)
     return agent
+
+
+def _serve(agent, cfg: AgentConfig, kube, host_ip: str) -> None:
+    """The :10250 API (logs, exec, port-forward, stats) on the agent's address."""
+    from . import identity  # noqa: PLC0415
+    from .node import addresses  # noqa: PLC0415
+    from .server import NodeServer, self_signed  # noqa: PLC0415
+
+    cert, key = cfg.server.cert_file, cfg.server.key_file
+    if not cert:
+        cert, key = self_signed(cfg.state_dir, cfg.node_name, [host_ip])
+    agent.server = NodeServer(
+        kube,
+        agent.provider,
+        agent.pods,
+        node_name=cfg.node_name,
+        address=cfg.server.address,
+        port=cfg.server.port,
+        cert_file=cert,
+        key_file=key,
+        client_ca_file=cfg.server.client_ca_file,
+    )
+    if cfg.server.request_serving_certificate:
+        server = agent.server
+
+        def serving() -> None:
+            names = [a["address"] for a in addresses(cfg) if a["type"] == "Hostname"]
+            got = identity.serving_certificate(
+                kube,
+                cfg.state_dir,
+                cfg.node_name,
+                ips=[host_ip],
+                dns=[cfg.node_name, *names],
+                timeout=3600,
+            )
+            if got:
+                server.use_certificate(*got)
+
+        threading.Thread(target=serving, name="serving-csr", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,10 +130,13 @@ def _same(a: Obj, b: Obj) -> bool:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, kube: Kube, provider: Provider) -> None:
+    def __init__(
+        self, cfg: AgentConfig, kube: Kube, provider: Provider, node_source: node.NodeSource | None = None
+    ) -> None:
         self.cfg = cfg
         self.kube = kube
         self.provider = provider
+        self.node_source = node_source or node.MachineNode(cfg)
         self.events = EventRecorder(kube, cfg.node_name)
         self.stopping = threading.Event()
         self.pods: dict[str, Obj] = {}
@@ -171,7 +174,7 @@ class Agent:
     def register(self) -> None:
         """Create the Node, or bring an existing one's labels and taints to the config's."""
         path = f"/api/v1/nodes/{self.cfg.node_name}"
-        want = node.node_object(self.cfg)
+        want = self.node_source.node_object()
         while not self.stopping.is_set():
             try:
                 current = self.kube.get(path)
@@ -181,7 +184,7 @@ class Agent:
                     )
                 else:
                     patch = {"metadata": {"labels": want["metadata"]["labels"]}}
-                    if self.cfg.taints:
+                    if want["spec"].get("taints"):
                         patch["spec"] = want["spec"]
                     self.kube.request(
                         "PATCH",
@@ -199,7 +202,7 @@ class Agent:
 
     def post_status(self, force: bool = False) -> bool:
         facts = self.provider.facts()
-        st = node.status(self.cfg, facts.runtime_version, facts.healthy, facts.message, self.node_status)
+        st = self.node_source.status(facts, self.node_status)
         if (
             not force
             and self.node_status is not None

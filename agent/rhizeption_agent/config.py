@@ -35,6 +35,26 @@ class ServerConfig:
     request_serving_certificate: bool = False
 
 
+BACKENDS = ("podman", "hostcluster")
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+
+
+@dataclass
+class HostClusterConfig:
+    """The host-cluster backend (virtual nodes, docs/virtual-nodes.md): the node's Pods run as
+    Pods of a host cluster, in one namespace of it, with the agent's Role there."""
+
+    kubeconfig: str = ""  # the agent's credentials in the host cluster
+    tenant: str = ""  # the TenantControlPlane's name (labels every host object)
+    namespace: str = ""  # the host namespace of the tenant's Pods
+    resources: dict[str, str] = field(default_factory=dict)  # the Node's cpu and memory
+    pod_security: str = "baseline"  # what that namespace enforces
+    cluster_domain: str = "cluster.local"  # the tenant's
+    dns_ip: str = ""  # the nameserver of tenant names, when one runs
+    api_server_ip: str = ""  # the tenant API server's address as its Pods reach it
+    api_server_port: int = 443
+
+
 @dataclass
 class AgentConfig:
     node_name: str
@@ -56,11 +76,14 @@ class AgentConfig:
     volume_resync_seconds: float = 5.0  # ConfigMap/Secret volumes are refreshed this often
     infra_image: str = "localhost/rhizeption/pause:3.10.1"
     extra_labels: dict[str, str] = field(default_factory=dict)  # put on every Podman object
+    backend: str = "podman"  # who runs the Pods: Podman here, or a host cluster (host_cluster)
     server: ServerConfig = field(default_factory=ServerConfig)
+    host_cluster: HostClusterConfig = field(default_factory=HostClusterConfig)
 
 
 _FIELDS = set(AgentConfig.__dataclass_fields__)
 _SERVER_FIELDS = set(ServerConfig.__dataclass_fields__)
+_HOST_CLUSTER_FIELDS = set(HostClusterConfig.__dataclass_fields__)
 
 
 def _fail(name: str, problem: str) -> None:
@@ -83,19 +106,26 @@ def parse(data: Any, source: str = "config") -> AgentConfig:
         if not data.get(required):
             _fail(required, "is required")
     values = dict(data)
-    server = values.pop("server", None) or {}
-    _check_type("server", server, dict, "a mapping")
-    bad = sorted(set(server) - _SERVER_FIELDS)
-    if bad:
-        _fail(f"server.{bad[0]}", f"unknown setting; known are {', '.join(sorted(_SERVER_FIELDS))}")
+    sections = {}
+    for section, known in (("server", _SERVER_FIELDS), ("host_cluster", _HOST_CLUSTER_FIELDS)):
+        sections[section] = values.pop(section, None) or {}
+        _check_type(section, sections[section], dict, "a mapping")
+        bad = sorted(set(sections[section]) - known)
+        if bad:
+            _fail(f"{section}.{bad[0]}", f"unknown setting; known are {', '.join(sorted(known))}")
+    server, host_cluster = sections["server"], sections["host_cluster"]
     defaults = AgentConfig(node_name="x", kubeconfig="x")
     for name, value in values.items():
         default = getattr(defaults, name)
         kind: type | tuple[type, ...] = (int, float) if isinstance(default, float) else type(default)
         _check_type(name, value, kind, f"a {kind.__name__ if isinstance(kind, type) else 'number'}")
-    cfg = AgentConfig(**values, server=ServerConfig(**server))
-    for name, value in server.items():
-        _check_type(f"server.{name}", value, type(getattr(ServerConfig(), name)), "of the default's type")
+    for section, cls, given in (
+        ("server", ServerConfig, server),
+        ("host_cluster", HostClusterConfig, host_cluster),
+    ):
+        for name, value in given.items():
+            _check_type(f"{section}.{name}", value, type(getattr(cls(), name)), "of the default's type")
+    cfg = AgentConfig(**values, server=ServerConfig(**server), host_cluster=HostClusterConfig(**host_cluster))
     if not NODE_NAME_RE.match(cfg.node_name):
         _fail("node_name", "must be a DNS subdomain: lower-case letters, digits, '-' and '.'")
     if cfg.internal_ip:
@@ -118,7 +148,31 @@ def parse(data: Any, source: str = "config") -> AgentConfig:
         _fail("lease_renew_seconds", "must be shorter than lease_duration_seconds")
     if cfg.max_pods < 1:
         _fail("max_pods", "must be at least 1")
+    if cfg.backend not in BACKENDS:
+        _fail("backend", f"must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.backend == "hostcluster":
+        _check_host_cluster(cfg.host_cluster)
     return cfg
+
+
+def _check_host_cluster(hc: HostClusterConfig) -> None:
+    for required in ("kubeconfig", "tenant", "namespace"):
+        if not getattr(hc, required):
+            _fail(f"host_cluster.{required}", "is required with backend hostcluster")
+    if sorted(hc.resources) != ["cpu", "memory"] or not all(
+        QUANTITY_RE.match(str(q)) for q in hc.resources.values()
+    ):
+        _fail(
+            "host_cluster.resources", "wants cpu and memory, each a quantity (the cpu and memory handed over)"
+        )
+    if hc.pod_security not in POD_SECURITY_LEVELS:
+        _fail("host_cluster.pod_security", f"must be one of {', '.join(POD_SECURITY_LEVELS)}")
+    for name in ("dns_ip", "api_server_ip"):
+        if getattr(hc, name):
+            try:
+                ipaddress.ip_address(getattr(hc, name))
+            except ValueError:
+                _fail(f"host_cluster.{name}", f"{getattr(hc, name)!r} is not an IP address")
 
 
 def load(path: str | Path) -> AgentConfig:

@@ -13,10 +13,11 @@ import platform
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__, podspec
 from .config import AgentConfig
+from .provider import NodeFacts
 
 Obj = dict[str, Any]
 KUBELET_VERSION = f"v1.34.0-rhizeption.{__version__}"  # a version kubectl and the API server parse
@@ -173,6 +174,28 @@ def node_object(cfg: AgentConfig) -> Obj:
         "metadata": {"name": cfg.node_name, "labels": labels},
         "spec": {"taints": [dict(t) for t in cfg.taints]} if cfg.taints else {},
     }
+
+
+class NodeSource(Protocol):
+    """The Node the agent registers and the status it posts: the machine the agent runs on
+    (MachineNode, pet nodes), or what a backend describes (a virtual node of the host cluster)."""
+
+    def node_object(self) -> Obj: ...
+
+    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj: ...
+
+
+class MachineNode:
+    """The Node of the machine the agent runs on, measured."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+
+    def node_object(self) -> Obj:
+        return node_object(self.cfg)
+
+    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj:
+        return status(self.cfg, facts.runtime_version, facts.healthy, facts.message, previous)
 
 
 def status(

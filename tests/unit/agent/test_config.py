@@ -9,6 +9,19 @@ from rhizeption_agent import __main__ as cli
 from rhizeption_agent.config import ConfigError, load, parse
 
 MINIMAL = {"node_name": "pet-1", "kubeconfig": "/etc/rhizeption-agent/kubeconfig"}
+HOST = {
+    "kubeconfig": "/etc/rhizeption-agent/host.kubeconfig",
+    "tenant": "green",
+    "namespace": "tenants-green-pods",
+    "resources": {"cpu": "1", "memory": "2Gi"},
+}
+
+
+def test_a_virtual_node_config_takes_the_host_cluster_backend():
+    cfg = parse({**MINIMAL, "backend": "hostcluster", "host_cluster": HOST})
+    assert cfg.backend == "hostcluster" and cfg.host_cluster.namespace == "tenants-green-pods"
+    assert cfg.host_cluster.pod_security == "baseline" and cfg.host_cluster.api_server_port == 443
+    assert parse(MINIMAL).backend == "podman"
 
 
 def test_minimal_config_takes_the_defaults():
@@ -34,6 +47,22 @@ def test_minimal_config_takes_the_defaults():
         ({**MINIMAL, "server": {"port": 70000}}, "'server.port'"),
         ({**MINIMAL, "server": {"prot": 1}}, "'server.prot'"),
         ({**MINIMAL, "lease_renew_seconds": 50}, "'lease_renew_seconds'"),
+        ({**MINIMAL, "backend": "docker"}, "'backend'"),
+        ({**MINIMAL, "backend": "hostcluster"}, "'host_cluster.kubeconfig'"),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "namespace": ""}},
+            "'host_cluster.namespace'",
+        ),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "resources": {"cpu": "1"}}},
+            "'host_cluster.resources'",
+        ),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "pod_security": "lax"}},
+            "'host_cluster.pod_security'",
+        ),
+        ({**MINIMAL, "host_cluster": {"kubeconfg": "/k"}}, "'host_cluster.kubeconfg'"),
+        ({**MINIMAL, "host_cluster": {"api_server_port": "443"}}, "'host_cluster.api_server_port'"),
     ],
 )
 def test_bad_input_names_the_field(data, field):

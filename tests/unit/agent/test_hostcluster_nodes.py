@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from rhizeption_agent.backends.hostcluster import nodes
+from rhizeption_agent.provider import NodeFacts
 
 NOW = "2026-11-23T10:00:00Z"
 LATER = "2026-11-23T10:05:00Z"
@@ -173,3 +174,28 @@ def test_a_promoted_host_node_named_like_the_resources_node_is_refused():
     promote = {"nodes": [nodes.RESOURCES_NODE], "resources": {"cpu": "1"}}
     with pytest.raises(ValueError, match=r"promoteResources\.nodes names 'host-resources'"):
         nodes.virtual_nodes(promote, {}, healthy=True, now=NOW, **AGENT)
+
+
+def test_an_agent_of_the_resources_node_registers_it_and_reports_the_providers_health():
+    source = nodes.ResourcesNodeSource(
+        "host-resources",
+        {"cpu": "1", "memory": "2Gi"},
+        address="192.0.2.7",
+        port=10250,
+        kubelet_version="v1.34.0",
+        labels={"team": "green"},
+    )
+    node = source.node_object()
+    assert "status" not in node and node["metadata"]["name"] == "host-resources"
+    assert node["metadata"]["labels"]["team"] == "green"
+    assert node["metadata"]["labels"][nodes.VIRTUAL_LABEL] == "true"
+    status = source.status(NodeFacts("hostcluster://v1.34.4", healthy=True), None)
+    assert status["capacity"] == {"cpu": "1", "memory": "2Gi", "pods": "110"}
+    assert status["addresses"] == [{"type": "InternalIP", "address": "192.0.2.7"}]
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["status"] == "True"
+    down = source.status(
+        NodeFacts("hostcluster://unknown", healthy=False, message="host cluster: refused"), status
+    )
+    ready = {c["type"]: c for c in down["conditions"]}["Ready"]
+    assert (ready["status"], ready["message"]) == ("False", "host cluster: refused")

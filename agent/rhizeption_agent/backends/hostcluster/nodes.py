@@ -15,6 +15,7 @@ there for logs, exec and port-forward, and the tenant Pods report it as ``status
 from __future__ import annotations
 
 import copy
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -307,3 +308,57 @@ def virtual_nodes(
             )
         )
     return out
+
+
+class ResourcesNodeSource:
+    """The core's NodeSource (node.py) for an agent that serves the resources node alone: its
+    name, the promoted RESOURCES, and ADDRESS, where the tenant API server reaches :10250.
+    (An agent of several Nodes, mirrors included, needs the core to serve more than one.)"""
+
+    def __init__(
+        self,
+        name: str,
+        resources: Mapping[str, str],
+        *,
+        address: str,
+        port: int,
+        kubelet_version: str,
+        max_pods: int = DEFAULT_MAX_PODS,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.resources = dict(resources)
+        self.address = address
+        self.port = port
+        self.kubelet_version = kubelet_version
+        self.max_pods = max_pods
+        self.labels = dict(labels or {})
+
+    def _node(self, healthy: bool, message: str, previous: Obj | None) -> Obj:
+        node = resources_node(
+            self.resources,
+            address=self.address,
+            port=self.port,
+            kubelet_version=self.kubelet_version,
+            healthy=healthy,
+            message=message,
+            now=_now(),
+            max_pods=self.max_pods,
+            previous=previous,
+            name=self.name,
+        )
+        node["metadata"]["labels"] = {**self.labels, **node["metadata"]["labels"]}
+        return node
+
+    def node_object(self) -> Obj:
+        node = self._node(True, "", None)
+        del node["status"]
+        return node
+
+    def status(self, facts: Any, previous: Obj | None) -> Obj:
+        """FACTS: the provider's NodeFacts (healthy while the host cluster answers)."""
+        return self._node(facts.healthy, facts.message, previous)["status"]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -129,6 +129,12 @@ class HostClusterProvider:
         self._renew_at: dict[str, float] = {}  # wall-clock time to renew a Pod's tokens
         self._told: dict[str, tuple[str, str]] = {}  # the last Warning per Pod: not repeated
 
+    def bind(self, on_change: Callable[[str], None], events: EventSink) -> None:
+        """Tell the agent that runs this provider (made after it): ON_CHANGE wakes a Pod's
+        worker, EVENTS takes the host's Events about the Pods. Before the watches start."""
+        self.pods.on_change = on_change
+        self.host_events = HostEvents(self.host, self.settings.namespace, self.pods, events)
+
     def start(self) -> None:
         """Start the watches (also done by the first call that needs them)."""
         self.pods.start()

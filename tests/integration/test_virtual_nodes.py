@@ -1,0 +1,413 @@
+"""Host-backed virtual nodes, first real run (issue #10): the node agent with the host-cluster
+backend serves one virtual Node (the resources node) of a rig tenant, and the tenant's Pods run
+as Pods of the rig's real host cluster.
+
+The agent is a process of this test, with the identity a kubelet has in the tenant
+(system:node:NAME) and, in the host, only the documented Role in the tenant's Pods namespace
+(a token of its ServiceAccount). Its deployment by the tenant_control_plane role is not built
+yet (docs/virtual-nodes.md)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+
+import kubernetes
+import pytest
+import yaml
+from hosted import BUSYBOX
+from petagent import AgentProcess, free_port, node_kubeconfig, wait_for
+from rhizeption_agent.node import default_ip
+from riglib import toolchain
+from riglib.controlplane import ControlPlane
+from riglib.node import HostCluster
+
+from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
+
+NODE = "host-resources"
+TENANT = "green"
+TENANT_LABEL = "virtual.rhizeption.io/tenant"
+
+
+def host_kubeconfig(host_cluster: HostCluster, token: str) -> str:
+    ca = (host_cluster.control_plane.workdir / "ca.crt").read_bytes()
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "host",
+                    "cluster": {
+                        "server": host_cluster.server,
+                        "certificate-authority-data": base64.b64encode(ca).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "agent", "user": {"token": token}}],
+            "contexts": [{"name": "agent", "context": {"cluster": "host", "user": "agent"}}],
+            "current-context": "agent",
+        }
+    )
+
+
+class Virtual:
+    """What the tests share: the agent, both clusters' APIs and the host namespaces."""
+
+    def __init__(self, agent: AgentProcess, tenant: ControlPlane, tcore, hcore, pods_ns: str, agent_ns: str):
+        self.agent, self.tenant, self.tcore, self.hcore = agent, tenant, tcore, hcore
+        self.pods_ns, self.agent_ns = pods_ns, agent_ns
+
+    def host_pods(self) -> list:
+        return self.hcore.list_namespaced_pod(self.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}").items
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(toolchain.binary("kubectl")), f"--kubeconfig={self.tenant.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def virtual(
+    host_cluster: HostCluster, host_api_client, tenant: ControlPlane, tmp_path_factory
+) -> Iterator[Virtual]:
+    hcore = kubernetes.client.CoreV1Api(host_api_client)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
+    suffix = os.urandom(2).hex()
+    agent_ns = f"t-virtual-{suffix}"  # where the tenant's control plane would live
+    pods_ns = virtual_nodes.pods_namespace(agent_ns, TENANT)
+    hcore.create_namespace({"metadata": {"name": agent_ns}})
+    hcore.create_namespace(virtual_nodes.pods_namespace_object(agent_ns, TENANT))
+    tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
+    tcore = kubernetes.client.CoreV1Api(tclient)
+    workdir = tmp_path_factory.mktemp("virtual-node")
+    agent = None
+    try:
+        hcore.create_namespaced_service_account(agent_ns, {"metadata": {"name": virtual_nodes.AGENT_NAME}})
+        rbac.create_namespaced_role(pods_ns, virtual_nodes.agent_role(pods_ns))
+        rbac.create_namespaced_role_binding(
+            pods_ns, virtual_nodes.agent_role_binding(pods_ns, virtual_nodes.AGENT_NAME, agent_ns)
+        )
+        token = hcore.create_namespaced_service_account_token(
+            virtual_nodes.AGENT_NAME, agent_ns, {"spec": {"expirationSeconds": 3600}}
+        ).status.token
+        (workdir / "host.kubeconfig").write_text(host_kubeconfig(host_cluster, token))
+        (workdir / "node.kubeconfig").write_bytes(node_kubeconfig(tenant.workdir, tenant.server, NODE))
+        for f in ("host.kubeconfig", "node.kubeconfig"):
+            (workdir / f).chmod(0o600)
+        # The tenant API server proxies logs and exec to no loopback address: the agent serves
+        # on this machine's own address, which the Node reports.
+        address = default_ip()
+        port = int(tenant.server.rsplit(":", 1)[1])
+        agent = AgentProcess(
+            workdir=workdir,
+            node_name=NODE,
+            run_id=suffix,
+            podman_url="",
+            config={
+                "backend": "hostcluster",
+                "node_name": NODE,
+                "kubeconfig": str(workdir / "node.kubeconfig"),
+                "state_dir": str(workdir / "state"),
+                "internal_ip": address,
+                "hostname_address": False,
+                "server": {
+                    "enabled": True,
+                    "address": address,
+                    "port": free_port(),
+                    "client_ca_file": str(tenant.workdir / "ca.crt"),
+                },
+                "host_cluster": {
+                    "kubeconfig": str(workdir / "host.kubeconfig"),
+                    "tenant": TENANT,
+                    "namespace": pods_ns,
+                    "resources": {"cpu": "1", "memory": "2Gi"},
+                    "api_server_ip": host_cluster.node.gateway,
+                    "api_server_port": port,
+                },
+            },
+        )
+        agent.start()
+        yield Virtual(agent, tenant, tcore, hcore, pods_ns, agent_ns)
+    finally:
+        if agent is not None:
+            agent.stop()
+        for ns in (pods_ns, agent_ns):
+            with contextlib.suppress(kubernetes.client.ApiException):
+                hcore.delete_namespace(ns, grace_period_seconds=0)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            tcore.delete_node(NODE)
+        tclient.close()
+
+
+def node_ready(v: Virtual):
+    node = next((n for n in v.tcore.list_node().items if n.metadata.name == NODE), None)
+    if node and any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
+        return node
+    return None
+
+
+def web(replicas: int) -> dict:
+    return {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": BUSYBOX,
+                            "imagePullPolicy": "Never",
+                            "command": [
+                                "sh",
+                                "-c",
+                                "hostname > /tmp/index.html; echo serving $(hostname);"
+                                " exec httpd -f -p 8080 -h /tmp",
+                            ],
+                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                            "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_the_virtual_node_is_ready_with_the_promoted_capacity(virtual: Virtual) -> None:
+    node = wait_for("the virtual Node Ready", lambda: node_ready(virtual), timeout=90, agent=virtual.agent)
+    assert node.status.capacity["cpu"] == "1" and node.status.capacity["memory"] == "2Gi"
+    assert node.metadata.labels["node.rhizeption.io/virtual"] == "true"
+
+
+def test_a_deployment_of_three_runs_as_host_pods_with_status_back(virtual: Virtual) -> None:
+    virtual.tcore.create_namespace({"metadata": {"name": "shop"}})
+    apps = kubernetes.client.AppsV1Api(virtual.tcore.api_client)
+    apps.create_namespaced_deployment("shop", web(3))
+    rollout = virtual.kubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
+    assert rollout.returncode == 0, rollout.stderr + virtual.agent.log_tail()
+    tenant_pods = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
+    assert len(tenant_pods) == 3 and {p.spec.node_name for p in tenant_pods} == {NODE}
+    host = virtual.host_pods()
+    assert len(host) == 3
+    by_uid = {p.metadata.labels["virtual.rhizeption.io/uid"]: p for p in host}
+    for pod in tenant_pods:
+        mirror = by_uid[pod.metadata.uid]
+        assert pod.status.phase == "Running" and mirror.status.phase == "Running"
+        assert pod.status.pod_ip == mirror.status.pod_ip  # the host Pod's address, told back
+        assert mirror.spec.node_name == virtual.hcore.list_node().items[0].metadata.name
+
+
+def test_logs_and_exec_reach_the_host_pods_through_the_tenant_api_server(virtual: Virtual) -> None:
+    some = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items[0].metadata.name
+    logs = virtual.kubectl("-n", "shop", "logs", some)
+    assert logs.returncode == 0 and logs.stdout.strip().startswith("serving "), logs.stderr
+    out = virtual.kubectl("-n", "shop", "exec", some, "--", "cat", "/tmp/index.html")
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr
+
+
+def test_port_forward_reaches_a_host_pod_through_the_tenant_api_server(virtual: Virtual) -> None:
+    some = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items[0].metadata.name
+    local = free_port()
+    forward = subprocess.Popen(
+        [
+            str(toolchain.binary("kubectl")),
+            f"--kubeconfig={virtual.tenant.kubeconfig}",
+            "-n",
+            "shop",
+            "port-forward",
+            f"pod/{some}",
+            f"{local}:8080",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        assert "Forwarding from" in line, line + (forward.stderr.read() if forward.poll() is not None else "")
+        for _attempt in range(2):  # two connections through the same tunnel
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=10) as resp:
+                assert resp.read().decode().strip() == some
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def one_pod(name: str, **container: object) -> dict:
+    ctr = {
+        "name": "c",
+        "image": BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sleep", "600"],
+        **container,
+    }
+    return {"metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [ctr]}}
+
+
+def test_a_pod_asking_more_than_the_promoted_cpu_stays_pending_in_the_tenant(virtual: Virtual) -> None:
+    """The tenant's scheduler sees the resources node's capacity (cpu 1): the host never
+    sees the Pod."""
+    virtual.tcore.create_namespaced_pod("shop", one_pod("big", resources={"requests": {"cpu": "2"}}))
+
+    def unschedulable():
+        pod = virtual.tcore.read_namespaced_pod("big", "shop")
+        cond = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+        return pod if cond and cond.status == "False" and cond.reason == "Unschedulable" else None
+
+    pod = wait_for("the big Pod Unschedulable", unschedulable, timeout=60, agent=virtual.agent)
+    assert pod.spec.node_name is None and "Insufficient cpu" in next(
+        c.message for c in pod.status.conditions if c.type == "PodScheduled"
+    )
+    assert pod.metadata.uid not in {
+        p.metadata.labels["virtual.rhizeption.io/uid"] for p in virtual.host_pods()
+    }
+    virtual.tcore.delete_namespaced_pod("big", "shop", grace_period_seconds=0)
+
+
+def test_a_missing_secret_or_image_is_named_in_the_tenant_and_other_pods_keep_running(
+    virtual: Virtual,
+) -> None:
+    env = [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nowhere", "key": "x"}}}]
+    virtual.tcore.create_namespaced_pod("shop", one_pod("needs-secret", env=env))
+    virtual.tcore.create_namespaced_pod("shop", one_pod("needs-image", image="localhost/rhizeption/absent:1"))
+
+    def waiting_reason(name: str, reason: str):
+        def check():
+            pod = virtual.tcore.read_namespaced_pod(name, "shop")
+            states = [c.state.waiting for c in pod.status.container_statuses or [] if c.state.waiting]
+            return pod if pod.status.phase == "Pending" and any(w.reason == reason for w in states) else None
+
+        return check
+
+    secret = wait_for(
+        "needs-secret waiting on it",
+        waiting_reason("needs-secret", "MissingReference"),
+        timeout=60,
+        agent=virtual.agent,
+    )
+    message = next(c.state.waiting.message for c in secret.status.container_statuses)
+    assert "nowhere" in message, message
+    image = wait_for(
+        "needs-image waiting on it",
+        waiting_reason("needs-image", "ErrImageNeverPull"),
+        timeout=90,
+        agent=virtual.agent,
+    )
+    message = next(c.state.waiting.message for c in image.status.container_statuses)
+    assert "localhost/rhizeption/absent:1" in message, message
+    events = {(e.reason, e.involved_object.name) for e in virtual.tcore.list_namespaced_event("shop").items}
+    assert ("MissingReference", "needs-secret") in events, events
+    running = [p for p in virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items]
+    assert len(running) == 3 and all(p.status.phase == "Running" for p in running)
+    for name in ("needs-secret", "needs-image"):
+        virtual.tcore.delete_namespaced_pod(name, "shop", grace_period_seconds=0)
+
+
+def test_a_privileged_pod_is_refused_with_the_reason(virtual: Virtual) -> None:
+    pod = {
+        "metadata": {"name": "root"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["sleep", "600"],
+                    "securityContext": {"privileged": True},
+                }
+            ]
+        },
+    }
+    virtual.tcore.create_namespaced_pod("shop", pod)
+
+    def failed():
+        p = virtual.tcore.read_namespaced_pod("root", "shop")
+        return p if p.status.phase == "Failed" else None
+
+    refused = wait_for("the privileged Pod Failed", failed, timeout=60, agent=virtual.agent)
+    assert refused.status.reason == "HostPodSecurity"
+    assert "privileged" in refused.status.message
+    assert not [
+        p
+        for p in virtual.host_pods()
+        if p.metadata.labels["virtual.rhizeption.io/uid"] == refused.metadata.uid
+    ]
+    virtual.tcore.delete_namespaced_pod("root", "shop", grace_period_seconds=0)
+
+
+def test_deleting_either_side_converges(virtual: Virtual) -> None:
+    tenant_pods = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
+    # The tenant Pod goes: its host Pod goes with it.
+    gone = tenant_pods[0]
+    virtual.tcore.delete_namespaced_pod(gone.metadata.name, "shop")
+    wait_for(
+        "the host Pod of the deleted tenant Pod gone",
+        lambda: (
+            gone.metadata.uid
+            not in {p.metadata.labels["virtual.rhizeption.io/uid"] for p in virtual.host_pods()}
+        ),
+        timeout=60,
+        agent=virtual.agent,
+    )
+    # The host Pod goes: the tenant Pod fails and its ReplicaSet makes a new one, which runs.
+    victim = next(
+        p for p in virtual.host_pods() if p.metadata.labels["virtual.rhizeption.io/uid"] != gone.metadata.uid
+    )
+    virtual.hcore.delete_namespaced_pod(victim.metadata.name, virtual.pods_ns)
+    rollout = virtual.kubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
+    assert rollout.returncode == 0, rollout.stderr + virtual.agent.log_tail()
+
+    def three_running():
+        pods = [
+            p
+            for p in virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
+            if p.status.phase == "Running"
+        ]
+        return len(pods) == 3 and len([p for p in virtual.host_pods() if p.status.phase == "Running"]) == 3
+
+    wait_for("three tenant Pods running as three host Pods", three_running, timeout=120, agent=virtual.agent)
+
+
+def test_the_agent_can_do_nothing_beyond_its_role(virtual: Virtual) -> None:
+    """Its host credentials: the Pods namespace's objects, nothing of the host's own."""
+    host = kubernetes.config.new_client_from_config(str(virtual.agent.workdir / "host.kubeconfig"))
+    core = kubernetes.client.CoreV1Api(host)
+    try:
+        assert core.list_namespaced_pod(virtual.pods_ns).items  # what the Role grants
+        for denied in (
+            lambda: core.list_namespaced_secret("kube-system"),
+            lambda: core.list_namespaced_pod(virtual.agent_ns),
+            core.list_node,
+            lambda: core.create_namespace({"metadata": {"name": "agent-escape"}}),
+        ):
+            with pytest.raises(kubernetes.client.ApiException) as err:
+                denied()
+            assert err.value.status == 403
+    finally:
+        host.close()
+
+
+def test_removing_the_tenants_pods_leaves_nothing_in_the_host(virtual: Virtual) -> None:
+    virtual.tcore.delete_namespace("shop")
+    wait_for("no host Pod left", lambda: not virtual.host_pods(), timeout=120, agent=virtual.agent)
+    left = virtual.hcore.list_namespaced_secret(
+        virtual.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}"
+    ).items
+    left += virtual.hcore.list_namespaced_config_map(
+        virtual.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}"
+    ).items
+    assert [o.metadata.name for o in left] == []
