@@ -205,10 +205,15 @@ def test_a_missing_image_fails_naming_it_and_the_node_joins_once_it_is_there(flo
     assert cluster["status"]["phase"] == "Failed" and "failed: img-0" in machines_ready["message"]
 
     # The fix: the image is on the host node now. The same Pod starts on the kubelet's next
-    # try, and the next run (which may begin before that try) waits for it.
+    # try and the node joins by itself, before any run; the next run writes what it finds.
     tagged = node_ctr(flow, "images", "tag", NODE_IMAGE, missing)
     assert tagged.returncode == 0, tagged.stderr
     try:
+        for event in kubernetes.watch.Watch().stream(flow.tcore.list_node, timeout_seconds=180):
+            if event["object"].metadata.name == "img-0" and ready(event["object"]):
+                break
+        assert ready(tenant_nodes(flow.tcore)["img-0"]), "img-0 did not join by itself"
+        assert flow.machine("img-0")["status"]["phase"] == "Failed"  # no run yet: the last view
         again = flow.hncluster(name="img", spec=spec)
         assert not again.get("failed"), again.get("msg")
         status = flow.machine("img-0")["status"]
