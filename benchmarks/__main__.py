@@ -14,6 +14,7 @@ from . import (
     service_proxy,
     tenant_control_plane,
     tenant_density,
+    virtual_node,
 )
 
 BENCHMARKS = {
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "pet_agent": pet_agent,
     "host_cluster": host_cluster,
     "tenant_density": tenant_density,
+    "virtual_node": virtual_node,
 }
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from riglib.controlplane import ControlPlane
+from riglib.node import HostCluster
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 # What a node runs, whoever installed it: the processes whose memory is compared.
@@ -41,3 +47,21 @@ def table(rows: list[list[str]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def host_cluster_and_tenant(prefix: str) -> Iterator[tuple[HostCluster, ControlPlane, Path]]:
+    """The rig's host cluster (one real node) and a tenant control plane where the host
+    cluster's Pods reach it (the node network's gateway), in a temporary folder; all gone after."""
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+        HostCluster(Path(tmp) / "host", die_with_parent=True) as hc,
+        ControlPlane(
+            Path(tmp) / "tenant",
+            HostCluster.COMPONENTS,
+            address=hc.node.gateway,
+            cluster_cidr="10.240.0.0/16",
+            die_with_parent=True,
+        ) as tenant,
+    ):
+        yield hc, tenant, Path(tmp)

@@ -12,7 +12,6 @@ The tenant is a rig control plane that listens where the host cluster's Pods rea
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -91,17 +90,7 @@ def busybox_pod(name: str, node: str) -> dict:
 
 
 def run() -> dict:
-    with (
-        tempfile.TemporaryDirectory(prefix="rhizeption-bench-") as tmp,
-        HostCluster(Path(tmp) / "host", die_with_parent=True) as hc,
-        ControlPlane(
-            Path(tmp) / "tenant",
-            HostCluster.COMPONENTS,
-            address=hc.node.gateway,
-            cluster_cidr="10.240.0.0/16",
-            die_with_parent=True,
-        ) as tenant,
-    ):
+    with common.host_cluster_and_tenant("rhizeption-bench-") as (hc, tenant, _tmp):
         result = measure(hc, tenant)
     # The baseline side by side, once the rig is down: a kubelet node the host_cluster role
     # installs on a systemd host.

@@ -19,6 +19,36 @@ BUSYBOX = "localhost/rhizeption/busybox:bookworm"
 PLAYBOOKS = Path(__file__).parent / "playbooks"
 
 
+def web_container() -> dict:
+    """busybox httpd on 8080 answering with the Pod's name (its hostname), ready once it listens."""
+    return {
+        "name": "web",
+        "image": BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": [
+            "sh",
+            "-c",
+            "hostname > /tmp/index.html; echo serving $(hostname); exec httpd -f -p 8080 -h /tmp",
+        ],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+    }
+
+
+def web_deployment(replicas: int, container: dict | None = None, **pod_spec: object) -> dict:
+    """A Deployment "web" of REPLICAS web_container() Pods (or CONTAINER), with POD_SPEC added."""
+    return {
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {**pod_spec, "containers": [container or web_container()]},
+            },
+        },
+    }
+
+
 def kubectl(kubeconfig) -> list[str]:
     return [str(toolchain.binary("kubectl")), f"--kubeconfig={kubeconfig}"]
 

@@ -24,7 +24,7 @@ import kubernetes
 import podman
 import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils.pki import load_keypair
-from riglib import pki
+from riglib import pki, toolchain
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_IMAGE = "localhost/rhizeption/host:bookworm"
@@ -169,6 +169,35 @@ class AgentProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def port_forward(kubeconfig: Path, namespace: str, pod: str, port: int) -> Iterator[int]:
+    """`kubectl port-forward` of POD's PORT through the API server, to a free local port
+    (yielded) for as long as the block runs."""
+    local = free_port()
+    forward = subprocess.Popen(
+        [
+            str(toolchain.binary("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            "port-forward",
+            "-n",
+            namespace,
+            f"pod/{pod}",
+            f"{local}:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        assert "Forwarding from" in line, line + (forward.stderr.read() if forward.poll() is not None else "")
+        yield local
+    finally:
+        forward.terminate()
+        forward.wait(10)
 
 
 def wait_for(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+from hosted import web_container
 from riglib import toolchain
 from riglib.node import HostCluster
 
@@ -42,21 +43,7 @@ def web(host_cluster: HostCluster, host_api_client) -> Iterator[dict]:
             ns,
             {
                 "metadata": {"name": "web", "labels": {"app": "web"}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": BUSYBOX,
-                            "imagePullPolicy": "Never",
-                            "command": [
-                                "sh",
-                                "-c",
-                                "hostname > /tmp/index.html; echo serving; exec httpd -f -p 8080 -h /tmp",
-                            ],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                        }
-                    ]
-                },
+                "spec": {"containers": [web_container()]},
             },
         )
         service = core.create_namespaced_service(
@@ -99,7 +86,7 @@ def test_logs_and_exec_reach_the_kubelet_through_the_api_server(
     host_cluster: HostCluster, host_api_client, web
 ) -> None:
     core = kubernetes.client.CoreV1Api(host_api_client)
-    assert core.read_namespaced_pod_log("web", web["namespace"]).strip() == "serving"
+    assert core.read_namespaced_pod_log("web", web["namespace"]).strip() == "serving web"
     out = host_cluster.kubectl("-n", web["namespace"], "exec", "web", "--", "cat", "/etc/hostname")
     assert out.strip() == "web"
 

@@ -29,6 +29,7 @@ from hosted import (
     node_ctr,
     ready,
     tenant_nodes,
+    web_deployment,
 )
 from riglib import toolchain
 from riglib.controlplane import ControlPlane
@@ -82,9 +83,10 @@ def run_client(tcore, node: str, hosts: list[str]) -> list[str]:
     return tcore.read_namespaced_pod_log(name, "web").split()
 
 
-def ping_through_inventory(
-    host_cluster: HostCluster, namespace: str, tmp_path
+def through_inventory(
+    host_cluster: HostCluster, namespace: str, tmp_path, module: str, *args: str
 ) -> subprocess.CompletedProcess:
+    """`ansible all -m MODULE ARGS -o` on the hnmachines inventory of NAMESPACE."""
     inventory = tmp_path / "hosted.hnmachines.yml"
     inventory.write_text(
         json.dumps(
@@ -103,7 +105,7 @@ def ping_through_inventory(
     }
     ansible = Path(sys.executable).parent / "ansible"
     return subprocess.run(
-        [str(ansible), "-i", str(inventory), "all", "-m", "ansible.builtin.ping", "-o"],
+        [str(ansible), "-i", str(inventory), "all", "-m", module, *args, "-o"],
         env=env,
         capture_output=True,
         text=True,
@@ -112,42 +114,19 @@ def ping_through_inventory(
     )
 
 
-def web_deployment(replicas: int) -> dict:
-    """busybox httpd answering with the Pod's name, spread over the nodes."""
-    return {
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "topologySpreadConstraints": [
-                        {
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "DoNotSchedule",
-                            "labelSelector": {"matchLabels": {"app": "web"}},
-                        }
-                    ],
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": BUSYBOX,
-                            "imagePullPolicy": "Never",
-                            "command": [
-                                "sh",
-                                "-c",
-                                "hostname > /tmp/index.html; echo serving $(hostname);"
-                                " exec httpd -f -p 8080 -h /tmp",
-                            ],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                        }
-                    ],
-                },
-            },
-        },
-    }
+def spread_web(replicas: int) -> dict:
+    """The web Deployment spread over the nodes."""
+    return web_deployment(
+        replicas,
+        topologySpreadConstraints=[
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": "web"}},
+            }
+        ],
+    )
 
 
 def test_two_machines_join_the_tenant_as_ready_nodes(flow: Flow) -> None:
@@ -183,7 +162,7 @@ def test_a_second_identical_run_changes_nothing(flow: Flow) -> None:
 
 def test_tenant_pods_spread_over_the_nodes_and_exec_reaches_them(flow: Flow) -> None:
     flow.tcore.create_namespace({"metadata": {"name": "web"}})
-    kubernetes.client.AppsV1Api(flow.tcore.api_client).create_namespaced_deployment("web", web_deployment(4))
+    kubernetes.client.AppsV1Api(flow.tcore.api_client).create_namespaced_deployment("web", spread_web(4))
     rolled_out(flow.tenant)
     pods = flow.tcore.list_namespaced_pod("web").items
     assert {p.spec.node_name for p in pods} == {"blue-0", "blue-1"}
@@ -227,8 +206,16 @@ def test_dns_services_and_pod_traffic_work_across_nodes(flow: Flow) -> None:
 
 
 def test_the_inventory_reaches_every_node_with_the_kubectl_connection(flow: Flow, tmp_path) -> None:
-    ping = ping_through_inventory(flow.host_cluster, flow.namespace, tmp_path)
+    hc, ns = flow.host_cluster, flow.namespace
+    ping = through_inventory(hc, ns, tmp_path, "ansible.builtin.ping")
     assert ping.returncode == 0 and ping.stdout.count("SUCCESS") == 2, ping.stdout + ping.stderr
+    facts = through_inventory(hc, ns, tmp_path, "ansible.builtin.setup", "-a", "filter=ansible_hostname")
+    assert facts.returncode == 0, facts.stdout + facts.stderr
+    for machine in ("blue-0", "blue-1"):  # each node's own facts: its container's hostname
+        assert f'"ansible_hostname": "{machine}"' in facts.stdout, facts.stdout
+    command = through_inventory(hc, ns, tmp_path, "ansible.builtin.command", "-a", "ctr --version")
+    assert command.returncode == 0, command.stdout + command.stderr
+    assert command.stdout.count("ctr github.com/containerd/containerd") == 2, command.stdout
 
 
 def test_a_deleted_node_pod_comes_back_as_the_same_node(flow: Flow) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import kubernetes
 import pytest
-from petagent import HOST_IMAGE, AgentProcess, free_port, pet_pod, running_agent, wait_for
+from petagent import HOST_IMAGE, AgentProcess, free_port, pet_pod, port_forward, running_agent, wait_for
 from rhizeption_agent.node import default_ip as host_address
 from riglib import toolchain
 
@@ -242,31 +242,10 @@ def test_kubectl_exec_and_port_forward(agent, core, ns, kubectl, control_plane):
     assert failed.returncode == 3, (failed.returncode, failed.stderr)
     assert failed.stdout.strip() == "out"
 
-    local = free_port()
-    forward = subprocess.Popen(
-        [
-            str(toolchain.binary("kubectl")),
-            f"--kubeconfig={control_plane.kubeconfig}",
-            "port-forward",
-            "-n",
-            ns,
-            "pod/web",
-            f"{local}:8080",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert forward.stdout is not None
-        line = forward.stdout.readline()
-        assert "Forwarding from" in line, line + (forward.stderr.read() if forward.poll() is not None else "")
+    with port_forward(control_plane.kubeconfig, ns, "web", 8080) as local:
         for _attempt in range(3):  # two connections in a row through the same tunnel, and a third
             with urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=10) as resp:
                 assert resp.read().decode().strip() == "served-by-the-pod"
-    finally:
-        forward.terminate()
-        forward.wait(10)
 
 
 def shell_pod(agent: AgentProcess, core: kubernetes.client.CoreV1Api, ns: str) -> str:

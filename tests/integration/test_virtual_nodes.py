@@ -9,58 +9,26 @@ yet (docs/virtual-nodes.md)."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
 
 import kubernetes
 import pytest
-import yaml
-from hosted import BUSYBOX
-from petagent import AgentProcess, free_port, node_kubeconfig, wait_for
-from rhizeption_agent.node import default_ip
+from hosted import BUSYBOX, web_container, web_deployment
+from petagent import port_forward, wait_for
 from riglib import toolchain
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
-
-from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
-
-NODE = "host-resources"
-TENANT = "green"
-TENANT_LABEL = "virtual.rhizeption.io/tenant"
-
-
-def host_kubeconfig(host_cluster: HostCluster, token: str) -> str:
-    ca = (host_cluster.control_plane.workdir / "ca.crt").read_bytes()
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "host",
-                    "cluster": {
-                        "server": host_cluster.server,
-                        "certificate-authority-data": base64.b64encode(ca).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": "agent", "user": {"token": token}}],
-            "contexts": [{"name": "agent", "context": {"cluster": "host", "user": "agent"}}],
-            "current-context": "agent",
-        }
-    )
+from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, VirtualAgent, running_virtual_agent
 
 
 class Virtual:
     """What the tests share: the agent, both clusters' APIs and the host namespaces."""
 
-    def __init__(self, agent: AgentProcess, tenant: ControlPlane, tcore, hcore, pods_ns: str, agent_ns: str):
-        self.agent, self.tenant, self.tcore, self.hcore = agent, tenant, tcore, hcore
-        self.pods_ns, self.agent_ns = pods_ns, agent_ns
+    def __init__(self, running: VirtualAgent, tenant: ControlPlane, tcore, hcore):
+        self.agent, self.tenant, self.tcore, self.hcore = running.agent, tenant, tcore, hcore
+        self.pods_ns, self.agent_ns = running.pods_ns, running.agent_ns
 
     def host_pods(self) -> list:
         return self.hcore.list_namespaced_pod(self.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}").items
@@ -79,72 +47,22 @@ class Virtual:
 def virtual(
     host_cluster: HostCluster, host_api_client, tenant: ControlPlane, tmp_path_factory
 ) -> Iterator[Virtual]:
-    hcore = kubernetes.client.CoreV1Api(host_api_client)
-    rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
-    suffix = os.urandom(2).hex()
-    agent_ns = f"t-virtual-{suffix}"  # where the tenant's control plane would live
-    pods_ns = virtual_nodes.pods_namespace(agent_ns, TENANT)
-    hcore.create_namespace({"metadata": {"name": agent_ns}})
-    hcore.create_namespace(virtual_nodes.pods_namespace_object(agent_ns, TENANT))
     tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
-    tcore = kubernetes.client.CoreV1Api(tclient)
-    workdir = tmp_path_factory.mktemp("virtual-node")
-    agent = None
     try:
-        hcore.create_namespaced_service_account(agent_ns, {"metadata": {"name": virtual_nodes.AGENT_NAME}})
-        rbac.create_namespaced_role(pods_ns, virtual_nodes.agent_role(pods_ns))
-        rbac.create_namespaced_role_binding(
-            pods_ns, virtual_nodes.agent_role_binding(pods_ns, virtual_nodes.AGENT_NAME, agent_ns)
-        )
-        token = hcore.create_namespaced_service_account_token(
-            virtual_nodes.AGENT_NAME, agent_ns, {"spec": {"expirationSeconds": 3600}}
-        ).status.token
-        (workdir / "host.kubeconfig").write_text(host_kubeconfig(host_cluster, token))
-        (workdir / "node.kubeconfig").write_bytes(node_kubeconfig(tenant.workdir, tenant.server, NODE))
-        for f in ("host.kubeconfig", "node.kubeconfig"):
-            (workdir / f).chmod(0o600)
-        # The tenant API server proxies logs and exec to no loopback address: the agent serves
-        # on this machine's own address, which the Node reports.
-        address = default_ip()
-        port = int(tenant.server.rsplit(":", 1)[1])
-        agent = AgentProcess(
-            workdir=workdir,
-            node_name=NODE,
-            run_id=suffix,
-            podman_url="",
-            config={
-                "backend": "hostcluster",
-                "node_name": NODE,
-                "kubeconfig": str(workdir / "node.kubeconfig"),
-                "state_dir": str(workdir / "state"),
-                "internal_ip": address,
-                "hostname_address": False,
-                "server": {
-                    "enabled": True,
-                    "address": address,
-                    "port": free_port(),
-                    "client_ca_file": str(tenant.workdir / "ca.crt"),
-                },
-                "host_cluster": {
-                    "kubeconfig": str(workdir / "host.kubeconfig"),
-                    "tenant": TENANT,
-                    "namespace": pods_ns,
-                    "resources": {"cpu": "1", "memory": "2Gi"},
-                    "api_server_ip": host_cluster.node.gateway,
-                    "api_server_port": port,
-                },
-            },
-        )
-        agent.start()
-        yield Virtual(agent, tenant, tcore, hcore, pods_ns, agent_ns)
+        with running_virtual_agent(
+            host_cluster,
+            host_api_client,
+            tenant,
+            tmp_path_factory.mktemp("virtual-node"),
+            {"cpu": "1", "memory": "2Gi"},
+        ) as running:
+            yield Virtual(
+                running,
+                tenant,
+                kubernetes.client.CoreV1Api(tclient),
+                kubernetes.client.CoreV1Api(host_api_client),
+            )
     finally:
-        if agent is not None:
-            agent.stop()
-        for ns in (pods_ns, agent_ns):
-            with contextlib.suppress(kubernetes.client.ApiException):
-                hcore.delete_namespace(ns, grace_period_seconds=0)
-        with contextlib.suppress(kubernetes.client.ApiException):
-            tcore.delete_node(NODE)
         tclient.close()
 
 
@@ -153,37 +71,6 @@ def node_ready(v: Virtual):
     if node and any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
         return node
     return None
-
-
-def web(replicas: int) -> dict:
-    return {
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [
-                        {
-                            "name": "web",
-                            "image": BUSYBOX,
-                            "imagePullPolicy": "Never",
-                            "command": [
-                                "sh",
-                                "-c",
-                                "hostname > /tmp/index.html; echo serving $(hostname);"
-                                " exec httpd -f -p 8080 -h /tmp",
-                            ],
-                            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                            "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
 
 
 def test_the_virtual_node_is_ready_with_the_promoted_capacity(virtual: Virtual) -> None:
@@ -195,14 +82,21 @@ def test_the_virtual_node_is_ready_with_the_promoted_capacity(virtual: Virtual) 
 def test_a_deployment_of_three_runs_as_host_pods_with_status_back(virtual: Virtual) -> None:
     virtual.tcore.create_namespace({"metadata": {"name": "shop"}})
     apps = kubernetes.client.AppsV1Api(virtual.tcore.api_client)
-    apps.create_namespaced_deployment("shop", web(3))
+    apps.create_namespaced_deployment(
+        "shop",
+        web_deployment(
+            3,
+            {**web_container(), "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}}},
+            terminationGracePeriodSeconds=2,
+        ),
+    )
     rollout = virtual.kubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
     assert rollout.returncode == 0, rollout.stderr + virtual.agent.log_tail()
     tenant_pods = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
     assert len(tenant_pods) == 3 and {p.spec.node_name for p in tenant_pods} == {NODE}
     host = virtual.host_pods()
     assert len(host) == 3
-    by_uid = {p.metadata.labels["virtual.rhizeption.io/uid"]: p for p in host}
+    by_uid = {p.metadata.labels[UID_LABEL]: p for p in host}
     for pod in tenant_pods:
         mirror = by_uid[pod.metadata.uid]
         assert pod.status.phase == "Running" and mirror.status.phase == "Running"
@@ -220,31 +114,10 @@ def test_logs_and_exec_reach_the_host_pods_through_the_tenant_api_server(virtual
 
 def test_port_forward_reaches_a_host_pod_through_the_tenant_api_server(virtual: Virtual) -> None:
     some = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items[0].metadata.name
-    local = free_port()
-    forward = subprocess.Popen(
-        [
-            str(toolchain.binary("kubectl")),
-            f"--kubeconfig={virtual.tenant.kubeconfig}",
-            "-n",
-            "shop",
-            "port-forward",
-            f"pod/{some}",
-            f"{local}:8080",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert forward.stdout is not None
-        line = forward.stdout.readline()
-        assert "Forwarding from" in line, line + (forward.stderr.read() if forward.poll() is not None else "")
+    with port_forward(virtual.tenant.kubeconfig, "shop", some, 8080) as local:
         for _attempt in range(2):  # two connections through the same tunnel
             with urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=10) as resp:
                 assert resp.read().decode().strip() == some
-    finally:
-        forward.terminate()
-        forward.wait(10)
 
 
 def one_pod(name: str, **container: object) -> dict:
@@ -272,9 +145,7 @@ def test_a_pod_asking_more_than_the_promoted_cpu_stays_pending_in_the_tenant(vir
     assert pod.spec.node_name is None and "Insufficient cpu" in next(
         c.message for c in pod.status.conditions if c.type == "PodScheduled"
     )
-    assert pod.metadata.uid not in {
-        p.metadata.labels["virtual.rhizeption.io/uid"] for p in virtual.host_pods()
-    }
+    assert pod.metadata.uid not in {p.metadata.labels[UID_LABEL] for p in virtual.host_pods()}
     virtual.tcore.delete_namespaced_pod("big", "shop", grace_period_seconds=0)
 
 
@@ -293,25 +164,16 @@ def test_a_missing_secret_or_image_is_named_in_the_tenant_and_other_pods_keep_ru
 
         return check
 
-    secret = wait_for(
-        "needs-secret waiting on it",
-        waiting_reason("needs-secret", "MissingReference"),
-        timeout=60,
-        agent=virtual.agent,
-    )
-    message = next(c.state.waiting.message for c in secret.status.container_statuses)
-    assert "nowhere" in message, message
-    image = wait_for(
-        "needs-image waiting on it",
-        waiting_reason("needs-image", "ErrImageNeverPull"),
-        timeout=90,
-        agent=virtual.agent,
-    )
-    message = next(c.state.waiting.message for c in image.status.container_statuses)
-    assert "localhost/rhizeption/absent:1" in message, message
+    for name, reason, named in (
+        ("needs-secret", "MissingReference", "nowhere"),
+        ("needs-image", "ErrImageNeverPull", "localhost/rhizeption/absent:1"),
+    ):
+        pod = wait_for(f"{name} waiting with {reason}", waiting_reason(name, reason), 90, agent=virtual.agent)
+        message = next(c.state.waiting.message for c in pod.status.container_statuses)
+        assert named in message, message
     events = {(e.reason, e.involved_object.name) for e in virtual.tcore.list_namespaced_event("shop").items}
     assert ("MissingReference", "needs-secret") in events, events
-    running = [p for p in virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items]
+    running = virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
     assert len(running) == 3 and all(p.status.phase == "Running" for p in running)
     for name in ("needs-secret", "needs-image"):
         virtual.tcore.delete_namespaced_pod(name, "shop", grace_period_seconds=0)
@@ -341,11 +203,7 @@ def test_a_privileged_pod_is_refused_with_the_reason(virtual: Virtual) -> None:
     refused = wait_for("the privileged Pod Failed", failed, timeout=60, agent=virtual.agent)
     assert refused.status.reason == "HostPodSecurity"
     assert "privileged" in refused.status.message
-    assert not [
-        p
-        for p in virtual.host_pods()
-        if p.metadata.labels["virtual.rhizeption.io/uid"] == refused.metadata.uid
-    ]
+    assert not [p for p in virtual.host_pods() if p.metadata.labels[UID_LABEL] == refused.metadata.uid]
     virtual.tcore.delete_namespaced_pod("root", "shop", grace_period_seconds=0)
 
 
@@ -356,17 +214,12 @@ def test_deleting_either_side_converges(virtual: Virtual) -> None:
     virtual.tcore.delete_namespaced_pod(gone.metadata.name, "shop")
     wait_for(
         "the host Pod of the deleted tenant Pod gone",
-        lambda: (
-            gone.metadata.uid
-            not in {p.metadata.labels["virtual.rhizeption.io/uid"] for p in virtual.host_pods()}
-        ),
+        lambda: gone.metadata.uid not in {p.metadata.labels[UID_LABEL] for p in virtual.host_pods()},
         timeout=60,
         agent=virtual.agent,
     )
     # The host Pod goes: the tenant Pod fails and its ReplicaSet makes a new one, which runs.
-    victim = next(
-        p for p in virtual.host_pods() if p.metadata.labels["virtual.rhizeption.io/uid"] != gone.metadata.uid
-    )
+    victim = next(p for p in virtual.host_pods() if p.metadata.labels[UID_LABEL] != gone.metadata.uid)
     virtual.hcore.delete_namespaced_pod(victim.metadata.name, virtual.pods_ns)
     rollout = virtual.kubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
     assert rollout.returncode == 0, rollout.stderr + virtual.agent.log_tail()
