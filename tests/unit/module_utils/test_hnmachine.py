@@ -162,9 +162,12 @@ def test_pod_reads_its_bootstrap_secret_and_is_ready_only_after_the_sentinel():
 
 
 def test_pod_tells_the_node_its_snapshotter_and_leaves_the_choice_to_it_otherwise():
-    env = lambda p: {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}  # noqa: E731
-    assert env(hnmachine.render_pod(machine(), cluster(snapshotter="native")))["HN_SNAPSHOTTER"] == "native"
-    assert env(hnmachine.render_pod(machine(), cluster()))["HN_SNAPSHOTTER"] == ""
+    def snapshotter(c):
+        env = hnmachine.render_pod(machine(), c)["spec"]["containers"][0]["env"]
+        return {e["name"]: e.get("value") for e in env}["HN_SNAPSHOTTER"]
+
+    assert snapshotter(cluster(snapshotter="native")) == "native"
+    assert snapshotter(cluster()) == ""
 
 
 def test_pod_leaves_out_what_the_template_does_not_set():
@@ -451,7 +454,9 @@ def test_a_running_node_pod_is_never_replaced():
 
 
 def test_the_pod_carries_the_hash_of_its_spec_which_labels_do_not_change():
-    hash_of = lambda m, c: hnmachine.render_pod(m, c)["metadata"]["annotations"][hnmachine.POD_TEMPLATE_HASH]  # noqa: E731
+    def hash_of(m, c):
+        return hnmachine.render_pod(m, c)["metadata"]["annotations"][hnmachine.POD_TEMPLATE_HASH]
+
     base = hash_of(machine(), cluster())
     assert base == hash_of(machine(), cluster())
     assert base == hash_of(machine(), cluster(podLabels={"team": "a"}))
