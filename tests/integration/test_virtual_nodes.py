@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import kubernetes
 import pytest
-from hosted import BUSYBOX, web_container, web_deployment
+from hosted import BUSYBOX, kubectl, web_container, web_deployment
 from petagent import port_forward, wait_for
-from riglib import toolchain
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
 from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, VirtualAgent, running_virtual_agent
@@ -35,7 +34,7 @@ class Virtual:
 
     def kubectl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(toolchain.binary("kubectl")), f"--kubeconfig={self.tenant.kubeconfig}", *args],
+            [*kubectl(self.tenant.kubeconfig), *args],
             capture_output=True,
             text=True,
             timeout=120,
@@ -255,12 +254,18 @@ def test_the_agent_can_do_nothing_beyond_its_role(virtual: Virtual) -> None:
 
 
 def test_removing_the_tenants_pods_leaves_nothing_in_the_host(virtual: Virtual) -> None:
+    """The agent deletes a host Pod, waits until it is gone, then its token Secret and the
+    copies no other Pod reads: those go a moment after the last host Pod."""
     virtual.tcore.delete_namespace("shop")
-    wait_for("no host Pod left", lambda: not virtual.host_pods(), timeout=120, agent=virtual.agent)
-    left = virtual.hcore.list_namespaced_secret(
-        virtual.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}"
-    ).items
-    left += virtual.hcore.list_namespaced_config_map(
-        virtual.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}"
-    ).items
-    assert [o.metadata.name for o in left] == []
+    selector = f"{TENANT_LABEL}={TENANT}"
+
+    def left() -> list[str]:
+        objects = virtual.host_pods()
+        objects += virtual.hcore.list_namespaced_secret(virtual.pods_ns, label_selector=selector).items
+        objects += virtual.hcore.list_namespaced_config_map(virtual.pods_ns, label_selector=selector).items
+        return [f"{o.kind or type(o).__name__}/{o.metadata.name}" for o in objects]
+
+    wait_for(
+        "no host Pod, Secret or ConfigMap of the tenant left", lambda: not left(), 120, agent=virtual.agent
+    )
+    assert left() == []
