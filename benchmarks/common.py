@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubernetes
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
 
@@ -65,3 +66,20 @@ def host_cluster_and_tenant(prefix: str) -> Iterator[tuple[HostCluster, ControlP
         ) as tenant,
     ):
         yield hc, tenant, Path(tmp)
+
+
+def wait_node_ready(kubeconfig: Path, node: str, timeout: int = 300) -> None:
+    """Watch the Node NODE of the cluster of KUBECONFIG until it is Ready."""
+    api = kubernetes.config.new_client_from_config(str(kubeconfig))
+    try:
+        for event in kubernetes.watch.Watch().stream(
+            kubernetes.client.CoreV1Api(api).list_node,
+            field_selector=f"metadata.name={node}",
+            timeout_seconds=timeout,
+        ):
+            conditions = event["object"].status.conditions or []
+            if any(c.type == "Ready" and c.status == "True" for c in conditions):
+                return
+    finally:
+        api.close()
+    raise RuntimeError(f"Node {node} not Ready after {timeout} s")

@@ -179,17 +179,6 @@ def watch_latencies(kubeconfig: Path) -> dict[str, list[float]]:
     return {kind: [seen[n] - created[n] for n in created if n.startswith(kind)] for kind in ("cm", "pod")}
 
 
-def wait_node_ready(kubeconfig: Path, node: str, timeout: int = 300) -> None:
-    api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
-    for event in watch.Watch().stream(
-        api.list_node, field_selector=f"metadata.name={node}", timeout_seconds=timeout
-    ):
-        conditions = event["object"].status.conditions or []
-        if any(c.type == "Ready" and c.status == "True" for c in conditions):
-            return
-    raise RuntimeError(f"Node {node} not Ready after {timeout} s")
-
-
 def worker_baseline() -> dict:
     """The role-installed kubelet node that the hosted_node benchmark compares a hosted node
     with (issue #9), on a fresh scenario: its node processes' RSS idle and with 10 Pods, and
@@ -210,7 +199,7 @@ def worker_baseline() -> dict:
             molecule("converge", "-s", SCENARIO, *extra, "-e", remove)
             start = time.monotonic()
             molecule("converge", "-s", SCENARIO, *extra)
-            wait_node_ready(kubeconfig, "hc-w1")
+            common.wait_node_ready(kubeconfig, "hc-w1")
             join_s = time.monotonic() - start
         finally:
             molecule("destroy", "-s", SCENARIO)

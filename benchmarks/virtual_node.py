@@ -146,19 +146,7 @@ def measure(hc: HostCluster, host_api, tenant: ControlPlane, tenant_api, tmp: Pa
     (tmp / "agent").mkdir()
     resources = {"cpu": "64", "memory": "256Gi"}  # room for every Pod: the host's limits are the test
     with running_virtual_agent(hc, host_api, tenant, tmp / "agent", resources, max_pods=MANY + 50) as va:
-        wait_for(
-            "the virtual Node Ready",
-            lambda: (
-                any(
-                    c.type == "Ready" and c.status == "True"
-                    for c in tcore.read_node(NODE).status.conditions or []
-                )
-                if NODE in {n.metadata.name for n in tcore.list_node().items}
-                else False
-            ),
-            timeout=120,
-            agent=va.agent,
-        )
+        common.wait_node_ready(tenant.kubeconfig, NODE, timeout=120)
         tcore.create_namespace({"metadata": {"name": "bench"}})
         wait_for(
             "the default ServiceAccount", lambda: tcore.list_namespaced_service_account("bench").items, 60

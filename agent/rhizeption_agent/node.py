@@ -26,7 +26,7 @@ DISK_PRESSURE_FRACTION = 0.10
 PID_PRESSURE_FRACTION = 0.90
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -205,7 +205,7 @@ def status(
     m = measure(cfg.state_dir)
     cap = capacity(m, cfg.max_pods)
     old = {c["type"]: c for c in (previous or {}).get("conditions") or []}
-    now = _now()
+    now = now_rfc3339()
     conds = []
     for ctype, value, reason, message in conditions(m, runtime_ok, runtime_message):
         text = "True" if value else "False"

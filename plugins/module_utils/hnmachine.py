@@ -568,13 +568,17 @@ def ensure_pod(
         kube.delete(POD.path(ns, name), uid=pod["metadata"]["uid"], what=f"replace the node Pod {ns}/{name}")
     if pod is not None:
         _wait_gone(kube, POD.path(ns), name, timeout)
+    return _create_pod(
+        kube, machine, render_pod(machine, cluster, promoted_nodes(kube, cluster)), created_machine
+    ), True
+
+
+def _create_pod(kube: Kube, machine: Obj, body: Obj, created_machine: bool = False) -> Obj:
+    """POST the node Pod BODY; when the API server refuses it, nothing is left half-made: a
+    machine made by this run (CREATED_MACHINE) is taken back, another one says Failed."""
+    ns, name = machine["metadata"]["namespace"], machine["metadata"]["name"]
     try:
-        pod = kube.request(
-            "POST",
-            POD.path(ns),
-            body=render_pod(machine, cluster, promoted_nodes(kube, cluster)),
-            what=f"create the node Pod {ns}/{name}",
-        )
+        return kube.request("POST", POD.path(ns), body=body, what=f"create the node Pod {ns}/{name}")
     except KubeError as e:
         if created_machine:
             # Nothing half-made: a machine that never got its Pod is taken back.
@@ -589,7 +593,6 @@ def ensure_pod(
             }
             write_status(kube, machine, failed)
         raise MachineError(str(e)) from e
-    return pod, True
 
 
 def update_pod(
@@ -632,7 +635,7 @@ def update_pod(
     _wait_gone(kube, POD.path(ns), name, timeout)
     if tenant is not None:
         hosted_node.delete_node(tenant, name)
-    ensure_pod(kube, machine, cluster, timeout)
+    _create_pod(kube, machine, desired)
     if tenant is not None:
         hosted_node.wait_nodes_ready(tenant, [name], timeout)
     else:

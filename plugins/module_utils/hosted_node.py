@@ -184,14 +184,15 @@ def render_tenant_access() -> List[Obj]:
 
 
 # -- the node's files ------------------------------------------------------------------------
-def _kubeconfig(server: str, ca_pem: str, user: str, token: str) -> str:
+def token_kubeconfig(server: str, ca_pem: str, user: str, token: str, *, cluster: str = "tenant") -> str:
+    """A kubeconfig (JSON, which is valid YAML) that authenticates with a bearer TOKEN."""
     return json.dumps(
         {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
-                    "name": "tenant",
+                    "name": cluster,
                     "cluster": {
                         "server": server,
                         "certificate-authority-data": base64.b64encode(ca_pem.encode()).decode(),
@@ -199,8 +200,8 @@ def _kubeconfig(server: str, ca_pem: str, user: str, token: str) -> str:
                 }
             ],
             "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "tenant", "context": {"cluster": "tenant", "user": user}}],
-            "current-context": "tenant",
+            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+            "current-context": cluster,
         },
         indent=2,
     )
@@ -302,10 +303,12 @@ def render_bootstrap_files(
         flags.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
     return {
         "ca.crt": ca_pem,
-        "bootstrap-kubelet.kubeconfig": _kubeconfig(server, ca_pem, "kubelet-bootstrap", bootstrap_token),
+        "bootstrap-kubelet.kubeconfig": token_kubeconfig(
+            server, ca_pem, "kubelet-bootstrap", bootstrap_token
+        ),
         "kubelet.yaml": json.dumps(kubelet, indent=2),  # JSON is YAML
         "kubelet-flags": "\n".join(flags),
-        "kube-proxy.kubeconfig": _kubeconfig(server, ca_pem, KUBE_PROXY_SA, kube_proxy_token),
+        "kube-proxy.kubeconfig": token_kubeconfig(server, ca_pem, KUBE_PROXY_SA, kube_proxy_token),
         "kube-proxy.yaml": json.dumps(proxy, indent=2),
     }
 

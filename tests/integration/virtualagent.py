@@ -8,7 +8,6 @@ In the tenant: the identity a kubelet has (system:node:NAME)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 from collections.abc import Iterator
@@ -16,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kubernetes
-import yaml
 from petagent import AgentProcess, free_port, node_kubeconfig
 from rhizeption_agent.node import default_ip
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
 
 from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
+from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import token_kubeconfig  # isort: skip
 
 NODE = "host-resources"
 TENANT = "green"
@@ -31,25 +30,8 @@ UID_LABEL = "virtual.rhizeption.io/uid"
 
 
 def host_kubeconfig(host_cluster: HostCluster, token: str) -> str:
-    ca = (host_cluster.control_plane.workdir / "ca.crt").read_bytes()
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "host",
-                    "cluster": {
-                        "server": host_cluster.server,
-                        "certificate-authority-data": base64.b64encode(ca).decode(),
-                    },
-                }
-            ],
-            "users": [{"name": "agent", "user": {"token": token}}],
-            "contexts": [{"name": "agent", "context": {"cluster": "host", "user": "agent"}}],
-            "current-context": "agent",
-        }
-    )
+    ca = (host_cluster.control_plane.workdir / "ca.crt").read_text()
+    return token_kubeconfig(host_cluster.server, ca, "agent", token, cluster="host")
 
 
 @dataclass

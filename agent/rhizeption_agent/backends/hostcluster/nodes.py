@@ -15,9 +15,11 @@ there for logs, exec and port-forward, and the tenant Pods report it as ``status
 from __future__ import annotations
 
 import copy
-import datetime
 from collections.abc import Mapping
 from typing import Any
+
+from ...node import now_rfc3339
+from ...provider import NodeFacts
 
 Obj = dict[str, Any]
 
@@ -342,7 +344,7 @@ class ResourcesNodeSource:
             kubelet_version=self.kubelet_version,
             healthy=healthy,
             message=message,
-            now=_now(),
+            now=now_rfc3339(),
             max_pods=self.max_pods,
             previous=previous,
             name=self.name,
@@ -355,10 +357,6 @@ class ResourcesNodeSource:
         del node["status"]
         return node
 
-    def status(self, facts: Any, previous: Obj | None) -> Obj:
-        """FACTS: the provider's NodeFacts (healthy while the host cluster answers)."""
+    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj:
+        """FACTS: the provider's (healthy while the host cluster answers)."""
         return self._node(facts.healthy, facts.message, previous)["status"]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
