@@ -11,8 +11,6 @@ from typing import Any
 
 import yaml
 
-from .backends.hostcluster import podsecurity
-
 NODE_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
@@ -38,6 +36,10 @@ class ServerConfig:
 
 
 BACKENDS = ("podman", "hostcluster")
+# The Pod Security levels (backends/hostcluster/podsecurity.py checks Pods against them). Here,
+# in the core, because a pet node installs the core and the Podman backend only.
+POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
+DEFAULT_POD_SECURITY = "baseline"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class HostClusterConfig:
     tenant: str = ""  # the TenantControlPlane's name (labels every host object)
     namespace: str = ""  # the host namespace of the tenant's Pods
     resources: dict[str, str] = field(default_factory=dict)  # the Node's cpu and memory
-    pod_security: str = podsecurity.DEFAULT_LEVEL  # what that namespace enforces
+    pod_security: str = DEFAULT_POD_SECURITY  # what that namespace enforces
     cluster_domain: str = "cluster.local"  # the tenant's
     dns_ip: str = ""  # the nameserver of tenant names, when one runs
     api_server_ip: str = ""  # the tenant API server's address as its Pods reach it
@@ -166,8 +168,8 @@ def _check_host_cluster(hc: HostClusterConfig) -> None:
         _fail(
             "host_cluster.resources", "wants cpu and memory, each a quantity (the cpu and memory handed over)"
         )
-    if hc.pod_security not in podsecurity.LEVELS:
-        _fail("host_cluster.pod_security", f"must be one of {', '.join(podsecurity.LEVELS)}")
+    if hc.pod_security not in POD_SECURITY_LEVELS:
+        _fail("host_cluster.pod_security", f"must be one of {', '.join(POD_SECURITY_LEVELS)}")
     for name in ("dns_ip", "api_server_ip"):
         if getattr(hc, name):
             try:

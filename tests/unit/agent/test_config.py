@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import rhizeption_agent
 from rhizeption_agent import __main__ as cli
 from rhizeption_agent.config import ConfigError, load, parse
 
@@ -86,3 +92,25 @@ def test_the_agent_stops_at_start_with_one_line_for_a_malformed_config(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "max_pods" in err[0] and "int" in err[0]
+
+
+def test_the_config_checks_with_the_files_a_pet_node_gets(tmp_path):
+    """The pet_node role installs the core and backends/*.py, not backends/hostcluster: the
+    agent's --check, which validates the config the role writes, must run with those alone."""
+    package = Path(rhizeption_agent.__file__).parent
+    lib = tmp_path / "lib" / "rhizeption_agent"
+    (lib / "backends").mkdir(parents=True)
+    for source in [*package.glob("*.py"), *package.glob("backends/*.py")]:
+        shutil.copy(source, lib / source.relative_to(package))
+    config = tmp_path / "agent.yaml"
+    config.write_text("node_name: pet-1\nkubeconfig: /etc/rhizeption-agent/kubeconfig\n")
+    collections = [p for p in sys.path if p.endswith(".collections")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "lib"), *collections])}
+    done = subprocess.run(
+        [sys.executable, "-m", "rhizeption_agent", "--check", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-Obj = dict[str, Any]
+from ...config import DEFAULT_POD_SECURITY as DEFAULT_LEVEL
+from ...config import POD_SECURITY_LEVELS as LEVELS
 
-LEVELS = ("privileged", "baseline", "restricted")
-DEFAULT_LEVEL = "baseline"
+Obj = dict[str, Any]
 
 BASELINE_CAPABILITIES = frozenset(
     {
