@@ -55,11 +55,12 @@ def _podman_agent(cfg: AgentConfig, kube, host_ip: str):
 
 
 def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
-    """A virtual node: its Pods run as Pods of the host cluster (docs/virtual-nodes.md). It
-    serves one Node, the resources node, whose address is the agent's."""
+    """A virtual node's agent (docs/virtual-nodes.md): its Pods run as Pods of the host cluster.
+    It serves a mirror Node per promoted host node, and the resources node (named node_name)
+    when resources are promoted; every one's address is the agent's."""
     from .agent import Agent  # noqa: PLC0415
-    from .backends.hostcluster.nodes import ResourcesNodeSource  # noqa: PLC0415
-    from .backends.hostcluster.pods import HostSettings, Placement  # noqa: PLC0415
+    from .backends.hostcluster.nodes import VirtualNodeSource  # noqa: PLC0415
+    from .backends.hostcluster.pods import HostSettings  # noqa: PLC0415
     from .backends.hostcluster.provider import HostClusterProvider  # noqa: PLC0415
     from .kubeapi import connect  # noqa: PLC0415
     from .node import KUBELET_VERSION  # noqa: PLC0415
@@ -74,19 +75,18 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
         api_server_ip=hc.api_server_ip or None,
         api_server_port=hc.api_server_port,
     )
-    here = Placement(node_name=cfg.node_name, node_address=host_ip)
-    provider = HostClusterProvider(
-        connect(hc.kubeconfig), kube, settings, lambda node_name: here if node_name == cfg.node_name else None
-    )
-    source = ResourcesNodeSource(
-        cfg.node_name,
-        hc.resources,
+    host = connect(hc.kubeconfig)
+    source = VirtualNodeSource(
+        host,
+        {"nodes": hc.nodes, "resources": hc.resources},
         address=host_ip,
         port=cfg.server.port,
         kubelet_version=KUBELET_VERSION,
+        resources_name=cfg.node_name,
         max_pods=cfg.max_pods,
         labels=cfg.labels,
     )
+    provider = HostClusterProvider(host, kube, settings, source.placement)
     agent = Agent(cfg, kube, provider, node_source=source)
     provider.bind(agent.wake, agent.events)
     return agent

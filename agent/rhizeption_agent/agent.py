@@ -1,12 +1,15 @@
-"""The core of the node agent: the Node, its Lease, the Pods bound to it, their status.
+"""The core of the node agent: its Nodes, their Leases, the Pods bound to them, their status.
 
-Threads, each with one job:
-- ``lease``: renews the Node's Lease in kube-node-lease every ``lease_renew_seconds``;
-- ``node-status``: measures the host every ``status_check_seconds`` and posts NodeStatus
-  when something significant changed, and at least every ``status_report_seconds``;
-- ``pods``: lists the Pods with spec.nodeName = this node, then watches from the list's
-  resourceVersion; when the watch breaks (410, an API server restart, a network error) it
-  lists again, which is also when Pods this node runs but the API no longer has are removed;
+A pet node's agent serves one Node, the machine it runs on; a virtual node's agent serves the
+Nodes its node source describes (a mirror per promoted host node, the resources node). Threads,
+each with one job:
+- ``lease``: renews each Node's Lease in kube-node-lease every ``lease_renew_seconds``;
+- ``node-status``: asks the node source every ``status_check_seconds`` and posts a Node's
+  status when something significant changed, and at least every ``status_report_seconds``;
+  changed labels, taints or cordon (a mirror's host node's) are patched onto the Node;
+- ``pods-NODE``, one per Node: lists the Pods with spec.nodeName = NODE, then watches from the
+  list's resourceVersion; when the watch breaks (410, an API server restart, a network error)
+  it lists again, which is also when Pods the agent runs but the API no longer has are removed;
 - one worker per Pod: asks the Provider for one step and the Pod's status, and writes the
   status when it changed. A worker wakes on every change of its Pod, and every
   ``pod_resync_seconds`` to look at containers and probes.
@@ -142,8 +145,11 @@ class Agent:
         self.pods: dict[str, Obj] = {}
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
-        self.node_status: Obj | None = None
-        self.synced = threading.Event()  # the first list of Pods is in
+        self.node_names: list[str] = []  # fixed at register(): the node source's Nodes
+        self.node_status: dict[str, Obj] = {}  # by Node name: the status last posted
+        self.node_spec: dict[str, Obj] = {}  # by Node name: labels and spec last written
+        self.listed: set[str] = set()  # the Nodes whose Pods have been listed once
+        self.synced = threading.Event()  # the first list of every Node's Pods is in
         self.threads: list[threading.Thread] = []
         self.server: Any = None  # server.NodeServer, when the config enables it
 
@@ -152,12 +158,10 @@ class Agent:
         if self.server is not None:
             self.server.start()
         self.register()
-        for name, target in (
-            ("lease", self._lease_loop),
-            ("node-status", self._status_loop),
-            ("pods", self._pods_loop),
-        ):
-            t = threading.Thread(target=target, name=name, daemon=True)
+        loops = [("lease", self._lease_loop, ()), ("node-status", self._status_loop, ())]
+        loops += [(f"pods-{name}", self._pods_loop, (name,)) for name in self.node_names]
+        for name, target, args in loops:
+            t = threading.Thread(target=target, args=args, name=name, daemon=True)
             t.start()
             self.threads.append(t)
 
@@ -170,54 +174,67 @@ class Agent:
             self.server.stop()
         self.events.close()
 
-    # -- the Node ----------------------------------------------------------------------
+    # -- the Nodes ---------------------------------------------------------------------
     def register(self) -> None:
-        """Create the Node, or bring an existing one's labels and taints to the config's."""
-        path = f"/api/v1/nodes/{self.cfg.node_name}"
-        want = self.node_source.node_object()
+        """Create each Node, or bring an existing one's labels and taints to the source's."""
         while not self.stopping.is_set():
             try:
-                current = self.kube.get(path)
-                if current is None:
-                    self.kube.request(
-                        "POST", "/api/v1/nodes", body=want, what=f"register node {self.cfg.node_name}"
-                    )
-                else:
-                    patch = {"metadata": {"labels": want["metadata"]["labels"]}}
-                    if want["spec"].get("taints"):
-                        patch["spec"] = want["spec"]
-                    self.kube.request(
-                        "PATCH",
-                        path,
-                        body=patch,
-                        content_type="application/merge-patch+json",
-                        what="node labels",
-                    )
+                wanted = self.node_source.nodes(self.provider.facts(), self.node_status)
+                self.node_names = [n["metadata"]["name"] for n in wanted]
+                for want in wanted:
+                    self._register_one(want)
                 self.post_status(force=True)
-                LOG.info("node %s registered", self.cfg.node_name)
+                LOG.info("nodes registered: %s", ", ".join(self.node_names))
                 return
             except KubeError as e:
-                LOG.warning("registering node %s: %s; retrying", self.cfg.node_name, e)
+                LOG.warning("registering nodes: %s; retrying", e)
                 self.stopping.wait(RETRY_SECONDS * 2)
 
-    def post_status(self, force: bool = False) -> bool:
-        facts = self.provider.facts()
-        st = self.node_source.status(facts, self.node_status)
-        if (
-            not force
-            and self.node_status is not None
-            and node.significant(st) == node.significant(self.node_status)
-        ):
-            return False
+    def _register_one(self, want: Obj) -> None:
+        name = want["metadata"]["name"]
+        if self.kube.get(f"/api/v1/nodes/{name}") is None:
+            body = {k: v for k, v in want.items() if k != "status"}
+            self.kube.request("POST", "/api/v1/nodes", body=body, what=f"register node {name}")
+            self.node_spec[name] = _node_spec(want)
+        else:
+            self._patch_spec(want)
+
+    def _patch_spec(self, want: Obj) -> None:
+        """Labels (merged) and, when the source sets any, spec (taints, cordon) of the Node."""
+        name = want["metadata"]["name"]
+        patch: Obj = {"metadata": {"labels": want["metadata"]["labels"]}}
+        if want.get("spec"):
+            patch["spec"] = want["spec"]
         self.kube.request(
             "PATCH",
-            f"/api/v1/nodes/{self.cfg.node_name}/status",
-            body={"status": st},
+            f"/api/v1/nodes/{name}",
+            body=patch,
             content_type="application/merge-patch+json",
-            what="node status",
+            what=f"labels and taints of node {name}",
         )
-        self.node_status = st
-        return True
+        self.node_spec[name] = _node_spec(want)
+
+    def post_status(self, force: bool = False) -> bool:
+        """Post each Node's status that changed (every one when FORCE); True if any was."""
+        posted = False
+        for want in self.node_source.nodes(self.provider.facts(), self.node_status):
+            name = want["metadata"]["name"]
+            if _node_spec(want) != self.node_spec.get(name):
+                self._patch_spec(want)
+            st = want["status"]
+            before = self.node_status.get(name)
+            if not force and before is not None and node.significant(st) == node.significant(before):
+                continue
+            self.kube.request(
+                "PATCH",
+                f"/api/v1/nodes/{name}/status",
+                body={"status": st},
+                content_type="application/merge-patch+json",
+                what=f"status of node {name}",
+            )
+            self.node_status[name] = st
+            posted = True
+        return posted
 
     def _status_loop(self) -> None:
         last = time.monotonic()
@@ -232,35 +249,36 @@ class Agent:
                 LOG.exception("node status")
 
     def _lease_loop(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.cfg.node_name}"
         while not self.stopping.is_set():
-            try:
-                self.renew_lease(path)
-                wait = self.cfg.lease_renew_seconds
-            except KubeError as e:
-                LOG.warning("lease: %s", e)
-                wait = RETRY_SECONDS
-            except Exception:
-                LOG.exception("lease")
-                wait = RETRY_SECONDS
+            wait = self.cfg.lease_renew_seconds
+            for name in self.node_names:
+                try:
+                    self.renew_lease(name)
+                except KubeError as e:
+                    LOG.warning("lease of node %s: %s", name, e)
+                    wait = RETRY_SECONDS
+                except Exception:
+                    LOG.exception("lease of node %s", name)
+                    wait = RETRY_SECONDS
             self.stopping.wait(wait)
 
-    def renew_lease(self, path: str) -> None:
+    def renew_lease(self, name: str) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
         lease = self.kube.get(path)
         spec = {
-            "holderIdentity": self.cfg.node_name,
+            "holderIdentity": name,
             "leaseDurationSeconds": self.cfg.lease_duration_seconds,
             "renewTime": _now(),
         }
         if lease is None:
-            owner = self.kube.get(f"/api/v1/nodes/{self.cfg.node_name}")
-            meta: Obj = {"name": self.cfg.node_name, "namespace": "kube-node-lease"}
+            owner = self.kube.get(f"/api/v1/nodes/{name}")
+            meta: Obj = {"name": name, "namespace": "kube-node-lease"}
             if owner:
                 meta["ownerReferences"] = [
                     {
                         "apiVersion": "v1",
                         "kind": "Node",
-                        "name": self.cfg.node_name,
+                        "name": name,
                         "uid": owner["metadata"]["uid"],
                     }
                 ]
@@ -273,11 +291,11 @@ class Agent:
                     "metadata": meta,
                     "spec": spec,
                 },
-                what="create lease",
+                what=f"create lease of node {name}",
             )
             return
         lease["spec"].update(spec)
-        self.kube.request("PUT", path, body=lease, what="renew lease")
+        self.kube.request("PUT", path, body=lease, what=f"renew lease of node {name}")
 
     # -- Pods ----------------------------------------------------------------------------
     def update_pod(self, pod: Obj, notify: bool = True) -> None:
@@ -313,14 +331,13 @@ class Agent:
         else:
             self.provider.forget(uid)
 
-    def _pods_loop(self) -> None:
+    def _pods_loop(self, node_name: str) -> None:
         path = "/api/v1/pods"
-        selector = f"spec.nodeName={self.cfg.node_name}"
+        selector = f"spec.nodeName={node_name}"
         while not self.stopping.is_set():
             try:
                 items, version = self.kube.list(path, field_selector=selector)
-                self._converge(items)
-                self.synced.set()
+                self._converge(node_name, items)
                 while not self.stopping.is_set():
                     for kind, obj in self.kube.watch(
                         path, version, field_selector=selector, timeout_seconds=300
@@ -335,27 +352,45 @@ class Agent:
                         if self.stopping.is_set():
                             return
             except KubeError as e:
-                LOG.warning("pod watch ended (%s); listing again", e)
+                LOG.warning("pod watch of node %s ended (%s); listing again", node_name, e)
             except Exception as e:  # connection resets while the API server restarts
-                LOG.warning("pod watch broke (%s: %s); listing again", type(e).__name__, e)
+                LOG.warning(
+                    "pod watch of node %s broke (%s: %s); listing again", node_name, type(e).__name__, e
+                )
             self.stopping.wait(RETRY_SECONDS)
 
-    def _converge(self, items: list[Obj]) -> None:
-        """After a list: start workers for new Pods, and remove what runs here for Pods
-        the API server no longer has."""
+    def _converge(self, node_name: str, items: list[Obj]) -> None:
+        """After a list of NODE_NAME's Pods: start workers for new Pods, and remove what runs
+        for Pods of that Node the API server no longer has. What the provider runs for no
+        known Pod is removed only once every Node's Pods are listed: before that, a Pod of a
+        Node not listed yet would look unknown."""
         listed = {p["metadata"]["uid"] for p in items}
         for pod in items:
             self.update_pod(pod)
         with self.lock:
-            gone = [uid for uid in self.pods if uid not in listed]
+            gone = [
+                uid
+                for uid, pod in self.pods.items()
+                if pod["spec"].get("nodeName") == node_name and uid not in listed
+            ]
+            self.listed.add(node_name)
+            everyone_listed = self.listed.issuperset(self.node_names)
         for uid in gone:
             self.remove_pod(uid)
+        if not everyone_listed:
+            return
+        self.synced.set()
         try:
             running = self.provider.running_pods()
         except Exception as e:
             LOG.warning("listing the provider's pods: %s", e)
             return
         for view in running:
-            if view.uid not in listed and view.uid not in self.workers:
+            if view.uid not in self.pods and view.uid not in self.workers:
                 LOG.info("removing pod %s/%s: not in the API any more", view.namespace, view.name)
                 self.provider.forget(view.uid)
+
+
+def _node_spec(node_obj: Obj) -> Obj:
+    """What of a Node the agent writes outside its status: labels and spec."""
+    return {"labels": node_obj["metadata"].get("labels") or {}, "spec": node_obj.get("spec") or {}}

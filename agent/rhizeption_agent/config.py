@@ -50,7 +50,8 @@ class HostClusterConfig:
     kubeconfig: str = ""  # the agent's credentials in the host cluster
     tenant: str = ""  # the TenantControlPlane's name (labels every host object)
     namespace: str = ""  # the host namespace of the tenant's Pods
-    resources: dict[str, str] = field(default_factory=dict)  # the Node's cpu and memory
+    resources: dict[str, str] = field(default_factory=dict)  # the resources node's cpu and memory
+    nodes: list[str] = field(default_factory=list)  # host nodes promoted whole: a mirror Node each
     pod_security: str = DEFAULT_POD_SECURITY  # what that namespace enforces
     cluster_domain: str = "cluster.local"  # the tenant's
     dns_ip: str = ""  # the nameserver of tenant names, when one runs
@@ -154,19 +155,34 @@ def parse(data: Any, source: str = "config") -> AgentConfig:
     if cfg.backend not in BACKENDS:
         _fail("backend", f"must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if cfg.backend == "hostcluster":
-        _check_host_cluster(cfg.host_cluster)
+        _check_host_cluster(cfg.host_cluster, cfg.node_name)
     return cfg
 
 
-def _check_host_cluster(hc: HostClusterConfig) -> None:
+def _check_host_cluster(hc: HostClusterConfig, node_name: str) -> None:
     for required in ("kubeconfig", "tenant", "namespace"):
         if not getattr(hc, required):
             _fail(f"host_cluster.{required}", "is required with backend hostcluster")
-    if sorted(hc.resources) != ["cpu", "memory"] or not all(
-        QUANTITY_RE.match(str(q)) for q in hc.resources.values()
+    if not hc.resources and not hc.nodes:
+        _fail(
+            "host_cluster",
+            "promotes nothing: set resources (cpu and memory), nodes (host node names), or both",
+        )
+    if hc.resources and (
+        sorted(hc.resources) != ["cpu", "memory"]
+        or not all(QUANTITY_RE.match(str(q)) for q in hc.resources.values())
     ):
         _fail(
             "host_cluster.resources", "wants cpu and memory, each a quantity (the cpu and memory handed over)"
+        )
+    _check_type("host_cluster.nodes", hc.nodes, list, "a list of host node names")
+    for name in hc.nodes:
+        if not isinstance(name, str) or not NODE_NAME_RE.match(name):
+            _fail("host_cluster.nodes", f"{name!r} is not a Node name (a DNS subdomain)")
+    if hc.resources and node_name in hc.nodes:
+        _fail(
+            "host_cluster.nodes",
+            f"names {node_name!r}, which node_name gives the resources node: rename the resources node",
         )
     if hc.pod_security not in POD_SECURITY_LEVELS:
         _fail("host_cluster.pod_security", f"must be one of {', '.join(POD_SECURITY_LEVELS)}")

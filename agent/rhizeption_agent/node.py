@@ -11,6 +11,7 @@ import datetime
 import os
 import platform
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -177,12 +178,14 @@ def node_object(cfg: AgentConfig) -> Obj:
 
 
 class NodeSource(Protocol):
-    """The Node the agent registers and the status it posts: the machine the agent runs on
-    (MachineNode, pet nodes), or what a backend describes (a virtual node of the host cluster)."""
+    """The Nodes the agent registers, with the status it posts for each: the machine the agent
+    runs on (MachineNode, pet nodes: one Node), or what a backend describes (the virtual Nodes
+    of a host cluster: a mirror per promoted host node and the resources node)."""
 
-    def node_object(self) -> Obj: ...
-
-    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj: ...
+    def nodes(self, facts: NodeFacts, previous: Mapping[str, Obj]) -> list[Obj]:
+        """Each Node as it should be now: metadata (name, labels), spec and status. FACTS: the
+        provider's; PREVIOUS: the status last posted, by Node name (transition times)."""
+        ...
 
 
 class MachineNode:
@@ -191,11 +194,11 @@ class MachineNode:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
 
-    def node_object(self) -> Obj:
-        return node_object(self.cfg)
-
-    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj:
-        return status(self.cfg, facts.runtime_version, facts.healthy, facts.message, previous)
+    def nodes(self, facts: NodeFacts, previous: Mapping[str, Obj]) -> list[Obj]:
+        st = status(
+            self.cfg, facts.runtime_version, facts.healthy, facts.message, previous.get(self.cfg.node_name)
+        )
+        return [{**node_object(self.cfg), "status": st}]
 
 
 def status(

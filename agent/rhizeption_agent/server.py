@@ -178,6 +178,8 @@ def _handler(server: NodeServer) -> type[BaseHTTPRequestHandler]:
             LOG.debug("%s " + format, self.client_address[0], *args)
 
         def _error(self, code: int, message: str) -> None:
+            if code >= 500:  # the agent's own trouble (the tenant refusing its reviews, say): say it
+                LOG.warning("%s %s: %s %s", self.command, self.path.split("?", 1)[0], code, message)
             body = json.dumps(
                 {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
             ).encode()

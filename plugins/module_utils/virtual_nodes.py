@@ -11,7 +11,9 @@ this module holds what both sides must agree on and the deployer applies:
   the control plane's PKI;
 - the agent's Role in that namespace: k3v's list (pods, services, endpoints, configmaps,
   secrets, persistentvolumeclaims) and what logs, exec, port-forward and status need;
-- for mirror nodes only, a ClusterRole that reads the promoted host Nodes, by name.
+- for mirror nodes only, a ClusterRole that reads the promoted host Nodes, by name;
+- in the tenant, the ClusterRole of an agent serving several Nodes (mirrors beside the
+  resources node), which a kubelet's identity (system:node:NAME, one Node) cannot be.
 
 Pure functions; docs/virtual-nodes.md says how the pieces fit.
 """
@@ -26,6 +28,7 @@ Obj = Dict[str, Any]
 POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
 DEFAULT_POD_SECURITY = "baseline"
 AGENT_NAME = "rhizeption-virtual-node-agent"
+TENANT_AGENT_IDENTITY = "rhizeption:virtual-node-agent"  # its user in the tenant (several Nodes)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "rhizeption.core"}
 MAX_NAMESPACE = 63
 _CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
@@ -134,6 +137,77 @@ def host_node_reader(tenant_namespace: str, tenant: str, nodes: Sequence[str]) -
                 "resourceNames": sorted(set(nodes)),
                 "verbs": ["get", "list", "watch"],
             }
+        ],
+    }
+
+
+def host_node_reader_binding(
+    tenant_namespace: str, tenant: str, nodes: Sequence[str], service_account_namespace: str
+) -> Obj | None:
+    """Binds host_node_reader to the agent's service account; None without promoted nodes."""
+    reader = host_node_reader(tenant_namespace, tenant, nodes)
+    if reader is None:
+        return None
+    name = reader["metadata"]["name"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": dict(MANAGED_BY)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": service_account_namespace}],
+    }
+
+
+# In the tenant: what a kubelet does for its Node, for every Node the agent serves. The Node
+# authorizer grants this per Node to system:node:NAME; an agent of several Nodes needs it from
+# RBAC, and gets it for every Node and Pod, which is why a one-Node agent keeps the kubelet's.
+TENANT_AGENT_RULES: List[Obj] = [
+    # Register the Nodes, keep their labels, taints and status.
+    {
+        "apiGroups": [""],
+        "resources": ["nodes"],
+        "verbs": ["get", "list", "watch", "create", "patch", "update"],
+    },
+    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    # The Pods bound to the Nodes: watch them, write their status, delete them once stopped.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch", "update"]},
+    # What the Pods reference, copied to the host, and their service-account tokens.
+    {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+    # Who calls :10250 (the tenant API server for logs and exec) and may they: asked of the
+    # tenant, as a kubelet with webhook authentication and authorization asks.
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+]
+
+
+def tenant_agent_cluster_role() -> Obj:
+    """The agent's ClusterRole in the tenant, when it serves several Nodes (TENANT_AGENT_RULES)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": TENANT_AGENT_IDENTITY, "labels": dict(MANAGED_BY)},
+        "rules": [dict(rule, verbs=list(rule["verbs"])) for rule in TENANT_AGENT_RULES],
+    }
+
+
+def tenant_agent_cluster_role_binding() -> Obj:
+    """Binds tenant_agent_cluster_role to the user TENANT_AGENT_IDENTITY (the agent's client
+    certificate's common name, signed by the tenant's CA)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": TENANT_AGENT_IDENTITY, "labels": dict(MANAGED_BY)},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": TENANT_AGENT_IDENTITY,
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": TENANT_AGENT_IDENTITY}
         ],
     }
 

@@ -99,13 +99,17 @@ def remove_labelled(url: str, run_id: str) -> list[str]:
     return removed
 
 
+def user_kubeconfig(rig_dir: Path, server: str, user: str, groups: tuple[str, ...] = ()) -> bytes:
+    """A kubeconfig for USER in GROUPS, a client certificate signed by the rig's CA."""
+    ca = load_keypair((rig_dir / "ca.crt").read_bytes(), (rig_dir / "ca.key").read_bytes())
+    client = pki.issue(ca, user, organizations=groups, client=True)
+    return pki.kubeconfig_yaml(server, ca.cert, user, client, cluster="rig")
+
+
 def node_kubeconfig(rig_dir: Path, server: str, node_name: str) -> bytes:
     """A kubeconfig for system:node:NODE_NAME (group system:nodes), signed by the rig's CA:
     the identity a kubelet has after its TLS bootstrap."""
-    ca = load_keypair((rig_dir / "ca.crt").read_bytes(), (rig_dir / "ca.key").read_bytes())
-    user = f"system:node:{node_name}"
-    client = pki.issue(ca, user, organizations=("system:nodes",), client=True)
-    return pki.kubeconfig_yaml(server, ca.cert, user, client, cluster="rig")
+    return user_kubeconfig(rig_dir, server, f"system:node:{node_name}", ("system:nodes",))
 
 
 @dataclass

@@ -9,37 +9,16 @@ yet (docs/virtual-nodes.md)."""
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 
 import kubernetes
 import pytest
-from hosted import BUSYBOX, kubectl, web_container, web_deployment
+from hosted import BUSYBOX, web_container, web_deployment
 from petagent import port_forward, wait_for
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
-from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, VirtualAgent, running_virtual_agent
-
-
-class Virtual:
-    """What the tests share: the agent, both clusters' APIs and the host namespaces."""
-
-    def __init__(self, running: VirtualAgent, tenant: ControlPlane, tcore, hcore):
-        self.agent, self.tenant, self.tcore, self.hcore = running.agent, tenant, tcore, hcore
-        self.pods_ns, self.agent_ns = running.pods_ns, running.agent_ns
-
-    def host_pods(self) -> list:
-        return self.hcore.list_namespaced_pod(self.pods_ns, label_selector=f"{TENANT_LABEL}={TENANT}").items
-
-    def kubectl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*kubectl(self.tenant.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, Virtual, running_virtual_agent
 
 
 @pytest.fixture(scope="module")

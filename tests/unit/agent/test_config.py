@@ -30,6 +30,13 @@ def test_a_virtual_node_config_takes_the_host_cluster_backend():
     assert parse(MINIMAL).backend == "podman"
 
 
+def test_an_agent_of_mirror_nodes_needs_no_resources():
+    cfg = parse(
+        {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "resources": {}, "nodes": ["node-a"]}}
+    )
+    assert cfg.host_cluster.nodes == ["node-a"] and cfg.host_cluster.resources == {}
+
+
 def test_minimal_config_takes_the_defaults():
     cfg = parse(MINIMAL)
     assert cfg.lease_renew_seconds == 10.0
@@ -66,6 +73,18 @@ def test_minimal_config_takes_the_defaults():
         (
             {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "pod_security": "lax"}},
             "'host_cluster.pod_security'",
+        ),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "resources": {}}},
+            "'host_cluster': promotes nothing",
+        ),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "nodes": ["Node_A"]}},
+            "'host_cluster.nodes': 'Node_A'",
+        ),
+        (
+            {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "nodes": [MINIMAL["node_name"]]}},
+            "which node_name gives the resources node",
         ),
         ({**MINIMAL, "host_cluster": {"kubeconfg": "/k"}}, "'host_cluster.kubeconfg'"),
         ({**MINIMAL, "host_cluster": {"api_server_port": "443"}}, "'host_cluster.api_server_port'"),

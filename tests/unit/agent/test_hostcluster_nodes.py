@@ -4,7 +4,9 @@ the promoted cpu and memory."""
 from __future__ import annotations
 
 import pytest
+from fake_api import FakeApi
 from rhizeption_agent.backends.hostcluster import nodes
+from rhizeption_agent.kubeapi import KubeError
 from rhizeption_agent.provider import NodeFacts
 
 NOW = "2026-11-23T10:00:00Z"
@@ -84,7 +86,10 @@ def test_a_mirror_keeps_topology_labels_and_drops_host_roles():
 
 def test_a_mirror_has_the_host_taints_but_not_the_lifecycle_ones():
     node = nodes.mirror_node("node-a", host_node(), now=NOW, **AGENT)
-    assert node["spec"] == {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}
+    assert node["spec"] == {
+        "taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}],
+        "unschedulable": False,  # always said: an uncordon on the host reaches the tenant
+    }
     assert "podCIDR" not in node["spec"] and "providerID" not in node["spec"]
 
 
@@ -176,26 +181,96 @@ def test_a_promoted_host_node_named_like_the_resources_node_is_refused():
         nodes.virtual_nodes(promote, {}, healthy=True, now=NOW, **AGENT)
 
 
-def test_an_agent_of_the_resources_node_registers_it_and_reports_the_providers_health():
-    source = nodes.ResourcesNodeSource(
-        "host-resources",
-        {"cpu": "1", "memory": "2Gi"},
+class HostNodes(FakeApi):
+    """The host API server as the node source reads it; REFUSED: nodes it answers 403 for."""
+
+    def __init__(self, *nodes_: dict, refused: tuple[str, ...] = ()) -> None:
+        super().__init__("host")
+        self.refused = refused
+        for node in nodes_:
+            self._store("/api/v1/nodes", node, "ADDED")
+
+    def get(self, path: str):
+        if path.rsplit("/", 1)[1] in self.refused:
+            raise KubeError(f"nodes {path.rsplit('/', 1)[1]!r} is forbidden", status=403)
+        return super().get(path)
+
+
+def source_of(host: FakeApi, promote: dict) -> nodes.VirtualNodeSource:
+    return nodes.VirtualNodeSource(
+        host,
+        promote,
         address="192.0.2.7",
         port=10250,
         kubelet_version="v1.34.0",
+        resources_name="green-resources",
         labels={"team": "green"},
     )
-    node = source.node_object()
-    assert "status" not in node and node["metadata"]["name"] == "host-resources"
-    assert node["metadata"]["labels"]["team"] == "green"
-    assert node["metadata"]["labels"][nodes.VIRTUAL_LABEL] == "true"
-    status = source.status(NodeFacts("hostcluster://v1.34.4", healthy=True), None)
-    assert status["capacity"] == {"cpu": "1", "memory": "2Gi", "pods": "110"}
-    assert status["addresses"] == [{"type": "InternalIP", "address": "192.0.2.7"}]
-    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
-    assert ready["status"] == "True"
-    down = source.status(
-        NodeFacts("hostcluster://unknown", healthy=False, message="host cluster: refused"), status
+
+
+UP = NodeFacts("hostcluster://v1.34.4", healthy=True)
+PROMOTE = {"nodes": ["node-a", "node-x"], "resources": {"cpu": "1", "memory": "2Gi"}}
+
+
+def ready_of(made: list[dict]) -> dict[str, tuple[str, str]]:
+    return {
+        n["metadata"]["name"]: next(
+            (c["status"], c["reason"]) for c in n["status"]["conditions"] if c["type"] == "Ready"
+        )
+        for n in made
+    }
+
+
+def test_the_source_mirrors_each_promoted_host_node_beside_the_resources_node():
+    source = source_of(HostNodes(host_node()), PROMOTE)
+    made = source.nodes(UP, {})
+    assert ready_of(made) == {
+        "node-a": ("True", "KubeletReady"),
+        "node-x": ("False", "HostNodeNotFound"),
+        "green-resources": ("True", "KubeletReady"),
+    }
+    by_name = {n["metadata"]["name"]: n for n in made}
+    assert by_name["node-a"]["status"]["capacity"] == host_node()["status"]["allocatable"]
+    assert by_name["green-resources"]["status"]["capacity"] == {"cpu": "1", "memory": "2Gi", "pods": "110"}
+    assert all(n["metadata"]["labels"]["team"] == "green" for n in made)
+    assert all(n["status"]["addresses"] == [{"type": "InternalIP", "address": "192.0.2.7"}] for n in made)
+
+
+def test_the_source_pins_a_mirrors_pods_to_its_host_node_with_its_taints():
+    source = source_of(HostNodes(host_node()), PROMOTE)
+    source.nodes(UP, {})
+    mirror = source.placement("node-a")
+    assert (mirror.host_node, mirror.node_address) == ("node-a", "192.0.2.7")
+    assert mirror.host_node_taints == tuple(host_node()["spec"]["taints"])
+    assert source.placement("green-resources").host_node is None
+    assert source.placement("node-x").host_node == "node-x", "the host scheduler says why it waits"
+    assert source.placement("someone-else") is None
+
+
+def test_a_host_node_the_agent_cannot_read_makes_its_mirror_unknown_naming_why():
+    source = source_of(HostNodes(host_node(), refused=("node-a",)), PROMOTE)
+    made = source.nodes(UP, {})
+    assert ready_of(made)["node-a"] == ("Unknown", "HostClusterUnreachable")
+    message = next(c["message"] for c in made[0]["status"]["conditions"] if c["type"] == "Ready")
+    assert "node-a" in message and "forbidden" in message
+    assert ready_of(made)["green-resources"] == ("True", "KubeletReady"), "the other Nodes keep serving"
+
+
+def test_an_unreachable_host_cluster_makes_every_virtual_node_not_ready():
+    source = source_of(HostNodes(host_node()), PROMOTE)
+    before = source.nodes(UP, {})
+    down = source.nodes(
+        NodeFacts("hostcluster://unknown", healthy=False, message="host cluster: refused"),
+        {n["metadata"]["name"]: n["status"] for n in before},
     )
-    ready = {c["type"]: c for c in down["conditions"]}["Ready"]
-    assert (ready["status"], ready["message"]) == ("False", "host cluster: refused")
+    assert ready_of(down) == {
+        "node-a": ("Unknown", "HostClusterUnreachable"),
+        "node-x": ("Unknown", "HostClusterUnreachable"),
+        "green-resources": ("False", "HostClusterUnreachable"),
+    }
+    assert down[0]["status"]["capacity"] == host_node()["status"]["allocatable"], "the last read stands"
+
+
+def test_a_promoted_host_node_named_like_the_agents_resources_node_is_refused_at_start():
+    with pytest.raises(ValueError, match="green-resources"):
+        source_of(HostNodes(), {"nodes": ["green-resources"], "resources": {"cpu": "1", "memory": "1Gi"}})

@@ -114,6 +114,51 @@ def test_promoted_nodes_are_readable_by_name_only():
     assert vn.host_node_reader("tenants", "blue", []) is None
 
 
+def test_the_node_reader_is_bound_to_the_agents_service_account():
+    binding = vn.host_node_reader_binding("tenants", "blue", ["node-a"], "tenants")
+    assert (
+        binding["roleRef"]["name"] == vn.host_node_reader("tenants", "blue", ["node-a"])["metadata"]["name"]
+    )
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": vn.AGENT_NAME, "namespace": "tenants"}]
+    assert vn.host_node_reader_binding("tenants", "blue", [], "tenants") is None
+
+
+@pytest.mark.parametrize(
+    "resource, verb, api_group",
+    [
+        ("nodes", "create", ""),
+        ("nodes/status", "patch", ""),
+        ("leases", "update", "coordination.k8s.io"),
+        ("pods", "watch", ""),
+        ("pods/status", "patch", ""),
+        ("serviceaccounts/token", "create", ""),
+        ("subjectaccessreviews", "create", "authorization.k8s.io"),
+    ],
+)
+def test_the_tenant_cluster_role_grants_what_a_kubelet_does_for_its_nodes(resource, verb, api_group):
+    assert vn.allows(vn.tenant_agent_cluster_role()["rules"], resource, verb, api_group)
+
+
+@pytest.mark.parametrize(
+    "resource, verb, api_group",
+    [
+        ("secrets", "list", ""),
+        ("pods", "create", ""),
+        ("nodes", "delete", ""),
+        ("namespaces", "create", ""),
+        ("deployments", "list", "apps"),
+        ("clusterroles", "create", "rbac.authorization.k8s.io"),
+        ("pods/exec", "create", ""),
+    ],
+)
+def test_the_tenant_cluster_role_grants_nothing_a_kubelet_lacks(resource, verb, api_group):
+    role = vn.tenant_agent_cluster_role()
+    assert not vn.allows(role["rules"], resource, verb, api_group)
+    assert "*" not in str(role["rules"])
+    binding = vn.tenant_agent_cluster_role_binding()
+    assert binding["subjects"][0]["name"] == vn.TENANT_AGENT_IDENTITY == binding["roleRef"]["name"]
+
+
 def test_the_pods_namespace_is_per_tenant_and_a_dns_label():
     assert vn.pods_namespace("tenants", "blue") == "tenants-blue-pods"
     long_a = vn.pods_namespace("n" * 63, "b" * 40)

@@ -15,11 +15,14 @@ there for logs, exec and port-forward, and the tenant Pods report it as ``status
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ...kubeapi import Kube, KubeError
 from ...node import now_rfc3339
 from ...provider import NodeFacts
+from .pods import Placement
 
 Obj = dict[str, Any]
 
@@ -39,6 +42,7 @@ MIRRORED_LABELS = (
 LIFECYCLE_TAINT_PREFIX = "node.kubernetes.io/"
 MIRRORED_CONDITIONS = ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
 DEFAULT_MAX_PODS = 110
+UNREACHABLE = "the agent cannot reach the host cluster's API server"
 # The kubelet's names for the Node conditions it reports when all is well.
 HEALTHY = {
     "MemoryPressure": ("False", "KubeletHasSufficientMemory"),
@@ -107,11 +111,13 @@ def mirror_node(
     now: str,
     previous: Obj | None = None,
     healthy: bool = True,
+    unreachable: str = UNREACHABLE,
 ) -> Obj:
     """The tenant Node mirroring host node NAME (HOST_NODE: that Node as the host shows it,
     None when the host has no such Node: then it is NotReady, naming the cause, with no
-    capacity, so the tenant's scheduler places nothing on it). HEALTHY: the agent reaches
-    the host API server; when it does not, what it last saw is stale and Ready is Unknown."""
+    capacity, so the tenant's scheduler places nothing on it). HEALTHY: the agent could read
+    the host node; when it could not (UNREACHABLE says why), what it last saw is stale and
+    Ready is Unknown."""
     if host_node is None:
         conditions = [
             _condition(
@@ -121,6 +127,10 @@ def mirror_node(
                 f"the host cluster has no Node {name!r}: check promoteResources.nodes",
                 now=now,
                 previous=previous,
+            )
+            if healthy
+            else _condition(
+                "Ready", "Unknown", "HostClusterUnreachable", unreachable, now=now, previous=previous
             )
         ]
         return {
@@ -147,14 +157,13 @@ def mirror_node(
         if not t.get("key", "").startswith(LIFECYCLE_TAINT_PREFIX)
     ]
     spec: Obj = {"taints": taints}  # always set: a taint removed on the host goes in the tenant
-    if host_spec.get("unschedulable"):
-        spec["unschedulable"] = True
+    spec["unschedulable"] = bool(host_spec.get("unschedulable"))  # False too: an uncordon goes across
     host_conditions = {c["type"]: c for c in host_status.get("conditions") or []}
     if not healthy:
         host_conditions["Ready"] = {
             "status": "Unknown",
             "reason": "HostClusterUnreachable",
-            "message": "the agent cannot reach the host cluster's API server",
+            "message": unreachable,
         }
     conditions = []
     for ctype in MIRRORED_CONDITIONS:
@@ -263,7 +272,7 @@ def resources_node(
 
 def virtual_nodes(
     promote: Obj,
-    host_nodes: Mapping[str, Obj],
+    host_nodes: Mapping[str, Obj | None],
     *,
     address: str,
     port: int,
@@ -273,13 +282,19 @@ def virtual_nodes(
     previous: Mapping[str, Obj] | None = None,
     message: str = "",
     arch: str = "amd64",
+    max_pods: int = DEFAULT_MAX_PODS,
+    resources_name: str = RESOURCES_NODE,
+    unread: Mapping[str, str] | None = None,
 ) -> list[Obj]:
-    """Every tenant Node of PROMOTE; HOST_NODES: the promoted host Nodes the host has
-    (a missing one yields a NotReady mirror naming it); PREVIOUS: last posted, by name."""
+    """Every tenant Node of PROMOTE; HOST_NODES: the promoted host Nodes as the host shows them
+    (a missing one, or None, yields a NotReady mirror naming it); HEALTHY: the host cluster
+    answers (MESSAGE: why not); UNREAD: host nodes that could not be read this time, with why
+    (their mirrors' Ready is Unknown); PREVIOUS: the status last posted, by Node name."""
+    unread = unread or {}
     previous = previous or {}
-    if promote.get("resources") and RESOURCES_NODE in (promote.get("nodes") or []):
+    if promote.get("resources") and resources_name in (promote.get("nodes") or []):
         raise ValueError(
-            f"promoteResources.nodes names {RESOURCES_NODE!r}, the name of the resources node;"
+            f"promoteResources.nodes names {resources_name!r}, the name of the resources node;"
             " promote that host node under another tenant or rename the resources node"
         )
     out = [
@@ -290,8 +305,9 @@ def virtual_nodes(
             port=port,
             kubelet_version=kubelet_version,
             now=now,
-            previous=(previous.get(name) or {}).get("status"),
-            healthy=healthy,
+            previous=previous.get(name),
+            healthy=healthy and name not in unread,
+            unreachable=unread.get(name) or message or UNREACHABLE,
         )
         for name in dict.fromkeys(promote.get("nodes") or [])
     ]
@@ -306,57 +322,107 @@ def virtual_nodes(
                 message=message,
                 now=now,
                 arch=arch,
-                previous=(previous.get(RESOURCES_NODE) or {}).get("status"),
+                max_pods=max_pods,
+                previous=previous.get(resources_name),
+                name=resources_name,
             )
         )
     return out
 
 
-class ResourcesNodeSource:
-    """The core's NodeSource (node.py) for an agent that serves the resources node alone: its
-    name, the promoted RESOURCES, and ADDRESS, where the tenant API server reaches :10250.
-    (An agent of several Nodes, mirrors included, needs the core to serve more than one.)"""
+class VirtualNodeSource:
+    """The core's NodeSource (node.py) for a virtual node's agent: a mirror of each host node
+    in PROMOTE's ``nodes``, read from the host at every status check, and the resources node
+    RESOURCES_NAME when PROMOTE has ``resources``. ADDRESS and PORT: where the tenant API
+    server reaches the agent's :10250. It also says where each Node's Pods run (placement)."""
 
     def __init__(
         self,
-        name: str,
-        resources: Mapping[str, str],
+        host: Kube,
+        promote: Obj,
         *,
         address: str,
         port: int,
         kubelet_version: str,
+        resources_name: str = RESOURCES_NODE,
         max_pods: int = DEFAULT_MAX_PODS,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self.resources = dict(resources)
+        self.host = host
+        self.promote = copy.deepcopy(promote)
         self.address = address
         self.port = port
         self.kubelet_version = kubelet_version
+        self.resources_name = resources_name
         self.max_pods = max_pods
         self.labels = dict(labels or {})
+        self.host_nodes: dict[str, Obj | None] = {}  # the promoted host Nodes as last read
+        self.lock = threading.Lock()
+        # Refuse a promoted host node named like the resources node now, not at the first status.
+        self._make({}, healthy=True, message="", previous={})
 
-    def _node(self, healthy: bool, message: str, previous: Obj | None) -> Obj:
-        node = resources_node(
-            self.resources,
+    def _read_host_nodes(self) -> dict[str, str]:
+        """Read each promoted host Node (the ClusterRole lets the agent get these by name);
+        answer the ones that could not be read, with why: their last read stands in."""
+        unread = {}
+        for name in dict.fromkeys(self.promote.get("nodes") or []):
+            try:
+                got = self.host.get(f"/api/v1/nodes/{name}")
+            except KubeError as e:
+                unread[name] = f"the agent cannot read host node {name}: {e}"
+                continue
+            with self.lock:
+                self.host_nodes[name] = got
+        return unread
+
+    def _make(
+        self,
+        host_nodes: Mapping[str, Obj | None],
+        *,
+        healthy: bool,
+        message: str,
+        previous: Mapping[str, Obj],
+        unread: Mapping[str, str] | None = None,
+    ) -> list[Obj]:
+        made = virtual_nodes(
+            self.promote,
+            host_nodes,
             address=self.address,
             port=self.port,
             kubelet_version=self.kubelet_version,
             healthy=healthy,
-            message=message,
             now=now_rfc3339(),
-            max_pods=self.max_pods,
             previous=previous,
-            name=self.name,
+            message=message,
+            max_pods=self.max_pods,
+            resources_name=self.resources_name,
+            unread=unread,
         )
-        node["metadata"]["labels"] = {**self.labels, **node["metadata"]["labels"]}
-        return node
+        for node in made:
+            node["metadata"]["labels"] = {**self.labels, **node["metadata"]["labels"]}
+        return made
 
-    def node_object(self) -> Obj:
-        node = self._node(True, "", None)
-        del node["status"]
-        return node
-
-    def status(self, facts: NodeFacts, previous: Obj | None) -> Obj:
+    def nodes(self, facts: NodeFacts, previous: Mapping[str, Obj]) -> list[Obj]:
         """FACTS: the provider's (healthy while the host cluster answers)."""
-        return self._node(facts.healthy, facts.message, previous)["status"]
+        unread = self._read_host_nodes() if facts.healthy else {}
+        with self.lock:
+            host_nodes = dict(self.host_nodes)
+        return self._make(
+            host_nodes, healthy=facts.healthy, message=facts.message, previous=previous, unread=unread
+        )
+
+    def placement(self, node_name: str) -> Placement | None:
+        """Where the Pods of tenant Node NODE_NAME run; None for a Node this agent does not serve.
+        A mirror's Pods are pinned to its host node, and tolerate what the tenant Pod tolerates
+        of that node's taints; should the host not have the node, the host Pod stays Pending
+        with the host scheduler's reason."""
+        if node_name == self.resources_name and self.promote.get("resources"):
+            return Placement(node_name=node_name, node_address=self.address)
+        if node_name not in (self.promote.get("nodes") or []):
+            return None
+        with self.lock:
+            host_node = self.host_nodes.get(node_name) or {}
+        taints = tuple((host_node.get("spec") or {}).get("taints") or ())
+        return Placement(
+            node_name=node_name, node_address=self.address, host_node=node_name, host_node_taints=taints
+        )
