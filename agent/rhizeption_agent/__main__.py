@@ -74,6 +74,7 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
         dns_ip=hc.dns_ip or None,
         api_server_ip=hc.api_server_ip or None,
         api_server_port=hc.api_server_port,
+        resources_priority_class=hc.resources_priority_class or None,
     )
     host = connect(hc.kubeconfig)
     source = VirtualNodeSource(

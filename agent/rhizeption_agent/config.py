@@ -57,6 +57,7 @@ class HostClusterConfig:
     dns_ip: str = ""  # the nameserver of tenant names, when one runs
     api_server_ip: str = ""  # the tenant API server's address as its Pods reach it
     api_server_port: int = 443
+    resources_priority_class: str = ""  # marks the resources node's host Pods for the quota
 
 
 @dataclass

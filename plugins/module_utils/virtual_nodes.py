@@ -11,6 +11,8 @@ this module holds what both sides must agree on and the deployer applies:
   the control plane's PKI;
 - the agent's Role in that namespace: k3v's list (pods, services, endpoints, configmaps,
   secrets, persistentvolumeclaims) and what logs, exec, port-forward and status need;
+- for the resources node, a quota of the promoted cpu and memory on the requests of its Pods
+  (marked by a PriorityClass), so the host never runs more than the tenant was handed;
 - for mirror nodes only, a ClusterRole that reads the promoted host Nodes, by name;
 - in the tenant, the ClusterRole of an agent serving several Nodes (mirrors beside the
   resources node), which a kubelet's identity (system:node:NAME, one Node) cannot be.
@@ -21,7 +23,9 @@ Pure functions; docs/virtual-nodes.md says how the pieces fit.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
+
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import DEFAULT_REQUESTS, MANAGED_BY
 
 Obj = Dict[str, Any]
 
@@ -29,7 +33,9 @@ POD_SECURITY_LEVELS = ("privileged", "baseline", "restricted")
 DEFAULT_POD_SECURITY = "baseline"
 AGENT_NAME = "rhizeption-virtual-node-agent"
 TENANT_AGENT_IDENTITY = "rhizeption:virtual-node-agent"  # its user in the tenant (several Nodes)
-MANAGED_BY = {"app.kubernetes.io/managed-by": "rhizeption.core"}
+# The host PriorityClass of the resources node's Pods: the Pods namespace's quota counts these
+# only (a scope), not the Pods of mirror nodes, which their host nodes bound instead.
+RESOURCES_PRIORITY_CLASS = "rhizeption-virtual-resources"
 MAX_NAMESPACE = 63
 _CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
@@ -91,6 +97,52 @@ def pods_namespace_object(tenant_namespace: str, tenant: str, level: str = DEFAU
             "labels": {**MANAGED_BY, "hn.rhizeption.io/tenant": tenant, **pod_security_labels(level)},
         },
     }
+
+
+def resources_priority_class() -> Obj:
+    """The PriorityClass the agent gives the resources node's host Pods (one for every tenant):
+    priority 0 as any Pod without a class, never preempting; it only marks what the quota counts."""
+    return {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": RESOURCES_PRIORITY_CLASS, "labels": dict(MANAGED_BY)},
+        "value": 0,
+        "globalDefault": False,
+        "preemptionPolicy": "Never",
+        "description": "Pods of a tenant's virtual resources node (rhizeption.core): counted by its quota",
+    }
+
+
+def pods_quota(tenant_namespace: str, tenant: str, resources: Mapping[str, str]) -> List[Obj]:
+    """promoteResources.resources (cpu, memory) in the Pods namespace: a ResourceQuota on the
+    requests of the resources node's Pods (those of RESOURCES_PRIORITY_CLASS), and a LimitRange
+    giving containers without requests DEFAULT_REQUESTS, which a quota on requests needs. Empty
+    without promoted resources."""
+    if not resources:
+        return []
+    namespace = pods_namespace(tenant_namespace, tenant)
+    metadata = {"name": f"{tenant}-promoted", "namespace": namespace, "labels": dict(MANAGED_BY)}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": dict(metadata),
+            "spec": {"limits": [{"type": "Container", "defaultRequest": dict(DEFAULT_REQUESTS)}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": dict(metadata),
+            "spec": {
+                "hard": {f"requests.{r}": str(v) for r, v in sorted(resources.items())},
+                "scopeSelector": {
+                    "matchExpressions": [
+                        {"scopeName": "PriorityClass", "operator": "In", "values": [RESOURCES_PRIORITY_CLASS]}
+                    ]
+                },
+            },
+        },
+    ]
 
 
 def agent_role(namespace: str) -> Obj:

@@ -127,6 +127,38 @@ def test_a_pod_asking_more_than_the_promoted_cpu_stays_pending_in_the_tenant(vir
     virtual.tcore.delete_namespaced_pod("big", "shop", grace_period_seconds=0)
 
 
+def test_the_host_quota_counts_the_resources_nodes_pods_and_refuses_past_it(virtual: Virtual) -> None:
+    """The Pods namespace's quota holds the promoted cpu (1): it counts the 3 web Pods (100m
+    each), and a Pod bound to the node by name, past the tenant's scheduler, asking 900m more
+    waits in the tenant naming the quota; the host never runs it."""
+    quotas = virtual.hcore.list_namespaced_resource_quota(virtual.pods_ns).items
+    assert [q.spec.hard["requests.cpu"] for q in quotas] == ["1"]
+
+    def counted():
+        used = virtual.hcore.read_namespaced_resource_quota(
+            quotas[0].metadata.name, virtual.pods_ns
+        ).status.used
+        return used if used and used.get("requests.cpu") == "300m" else None
+
+    wait_for("the quota counting the 3 web Pods", counted, timeout=60, agent=virtual.agent)
+    pod = one_pod("past-quota", resources={"requests": {"cpu": "900m"}})
+    pod["spec"]["nodeName"] = NODE
+    virtual.tcore.create_namespaced_pod("shop", pod)
+
+    def refused():
+        p = virtual.tcore.read_namespaced_pod("past-quota", "shop")
+        states = [c.state.waiting for c in p.status.container_statuses or [] if c.state.waiting]
+        return next((w for w in states if w.reason == "FailedCreateHostPod"), None)
+
+    waiting = wait_for(
+        "past-quota waiting with FailedCreateHostPod", refused, timeout=60, agent=virtual.agent
+    )
+    assert "exceeded quota" in waiting.message, waiting.message
+    uid = virtual.tcore.read_namespaced_pod("past-quota", "shop").metadata.uid
+    assert uid not in {p.metadata.labels[UID_LABEL] for p in virtual.host_pods()}
+    virtual.tcore.delete_namespaced_pod("past-quota", "shop", grace_period_seconds=0)
+
+
 def test_a_missing_secret_or_image_is_named_in_the_tenant_and_other_pods_keep_running(
     virtual: Virtual,
 ) -> None:

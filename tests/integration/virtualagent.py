@@ -57,6 +57,19 @@ def _tenant_identity(tenant: ControlPlane, tcore_api: kubernetes.client.ApiClien
     return user_kubeconfig(tenant.workdir, tenant.server, virtual_nodes.TENANT_AGENT_IDENTITY)
 
 
+def _ensure_priority_class(host_api: kubernetes.client.ApiClient) -> bool:
+    """The PriorityClass the quota counts (one for every tenant); True if this call made it."""
+    try:
+        kubernetes.client.SchedulingV1Api(host_api).create_priority_class(
+            virtual_nodes.resources_priority_class()
+        )
+    except kubernetes.client.ApiException as e:
+        if e.status != 409:
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def running_virtual_agent(
     host_cluster: HostCluster,
@@ -68,9 +81,10 @@ def running_virtual_agent(
     tenant_name: str = TENANT,
     **config: object,
 ) -> Iterator[VirtualAgent]:
-    """The agent serving the resources node NODE with RESOURCES (none: no resources node) and a
-    mirror of each host node in NODES; CONFIG overrides settings. Afterwards: the agent stopped,
-    both host namespaces, the agent's cluster-scoped objects and the tenant's Nodes deleted."""
+    """The agent serving the resources node NODE with RESOURCES (none: no resources node), their
+    quota in the Pods namespace, and a mirror of each host node in NODES; CONFIG overrides
+    settings. Afterwards: the agent stopped, both host namespaces, the agent's cluster-scoped
+    objects and the tenant's Nodes deleted."""
     hcore = kubernetes.client.CoreV1Api(host_api)
     rbac = kubernetes.client.RbacAuthorizationV1Api(host_api)
     tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
@@ -79,6 +93,7 @@ def running_virtual_agent(
     pods_ns = virtual_nodes.pods_namespace(agent_ns, tenant_name)
     reader = virtual_nodes.host_node_reader(agent_ns, tenant_name, nodes)
     agent = None
+    made_class = False
     try:
         hcore.create_namespace({"metadata": {"name": agent_ns}})
         hcore.create_namespace(virtual_nodes.pods_namespace_object(agent_ns, tenant_name))
@@ -87,6 +102,14 @@ def running_virtual_agent(
         rbac.create_namespaced_role_binding(
             pods_ns, virtual_nodes.agent_role_binding(pods_ns, virtual_nodes.AGENT_NAME, agent_ns)
         )
+        made_class = _ensure_priority_class(host_api) if resources else False
+        for obj in virtual_nodes.pods_quota(agent_ns, tenant_name, resources):
+            create = (
+                hcore.create_namespaced_limit_range
+                if obj["kind"] == "LimitRange"
+                else hcore.create_namespaced_resource_quota
+            )
+            create(pods_ns, obj)
         if reader is not None:
             rbac.create_cluster_role(reader)
             rbac.create_cluster_role_binding(
@@ -128,6 +151,7 @@ def running_virtual_agent(
                     "nodes": list(nodes),
                     "api_server_ip": host_cluster.node.gateway,
                     "api_server_port": int(tenant.server.rsplit(":", 1)[1]),
+                    "resources_priority_class": virtual_nodes.RESOURCES_PRIORITY_CLASS if resources else "",
                 },
                 **config,
             },
@@ -140,6 +164,11 @@ def running_virtual_agent(
         for ns in (pods_ns, agent_ns):
             with contextlib.suppress(kubernetes.client.ApiException):
                 hcore.delete_namespace(ns, grace_period_seconds=0)
+        if made_class:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                kubernetes.client.SchedulingV1Api(host_api).delete_priority_class(
+                    virtual_nodes.RESOURCES_PRIORITY_CLASS
+                )
         if reader is not None:
             name = reader["metadata"]["name"]
             with contextlib.suppress(kubernetes.client.ApiException):

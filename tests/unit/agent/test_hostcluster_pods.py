@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -548,6 +549,15 @@ def test_a_mirror_nodes_pods_are_pinned_to_its_host_node_and_tolerate_its_taints
     assert spec["tolerations"] == [
         {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
     ]
+
+
+def test_only_the_resources_nodes_pods_carry_the_class_the_quota_counts():
+    quota = dataclasses.replace(SETTINGS, resources_priority_class="rhizeption-virtual-resources")
+    pod = tenant_pod()
+    pod["spec"]["priorityClassName"] = "tenant-critical"  # the tenant's, meaningless on the host
+    assert hosted(pod, settings=quota)["spec"]["priorityClassName"] == "rhizeption-virtual-resources"
+    assert "priorityClassName" not in hosted(pod, placement=MIRROR, settings=quota)["spec"]
+    assert "priorityClassName" not in hosted(pod)["spec"], "no quota configured, no class"
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,22 @@ def test_the_tenant_cluster_role_grants_nothing_a_kubelet_lacks(resource, verb, 
     assert binding["subjects"][0]["name"] == vn.TENANT_AGENT_IDENTITY == binding["roleRef"]["name"]
 
 
+def test_the_quota_holds_the_promoted_resources_for_the_resources_nodes_pods_only():
+    limits, quota = vn.pods_quota("tenants", "blue", {"cpu": "1", "memory": "2Gi"})
+    assert quota["kind"] == "ResourceQuota" and quota["metadata"]["namespace"] == vn.pods_namespace(
+        "tenants", "blue"
+    )
+    assert quota["spec"]["hard"] == {"requests.cpu": "1", "requests.memory": "2Gi"}
+    scope = quota["spec"]["scopeSelector"]["matchExpressions"]
+    assert scope == [
+        {"scopeName": "PriorityClass", "operator": "In", "values": [vn.RESOURCES_PRIORITY_CLASS]}
+    ]
+    assert vn.resources_priority_class()["metadata"]["name"] == vn.RESOURCES_PRIORITY_CLASS
+    assert vn.resources_priority_class()["value"] == 0
+    assert limits["kind"] == "LimitRange" and limits["spec"]["limits"][0]["defaultRequest"]["cpu"] == "100m"
+    assert vn.pods_quota("tenants", "blue", {}) == []
+
+
 def test_the_pods_namespace_is_per_tenant_and_a_dns_label():
     assert vn.pods_namespace("tenants", "blue") == "tenants-blue-pods"
     long_a = vn.pods_namespace("n" * 63, "b" * 40)

@@ -124,6 +124,9 @@ class HostSettings:
     # 443, as the kubernetes Service of any cluster: the host kubelet always adds the host API
     # server's KUBERNETES_PORT_443_TCP* variables, which only variables of the same names replace.
     api_server_port: int = 443
+    # The host PriorityClass of the resources node's Pods, which the Pods namespace's quota
+    # counts (virtual_nodes.RESOURCES_PRIORITY_CLASS when deployed); None: no quota to count in.
+    resources_priority_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,8 @@ def translate_pod(
                 }
             }
         }
+    elif settings.resources_priority_class:
+        host_spec["priorityClassName"] = settings.resources_priority_class
     tolerations = host_tolerations(spec.get("tolerations") or [], placement.host_node_taints)
     if tolerations:
         host_spec["tolerations"] = tolerations
