@@ -228,6 +228,8 @@ TENANT_AGENT_RULES: List[Obj] = [
     # What the Pods reference, copied to the host, and their service-account tokens.
     {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    # The Service sync: every tenant Service gets a host copy (a kubelet reads them too).
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "update"]},
     # Who calls :10250 (the tenant API server for logs and exec) and may they: asked of the
     # tenant, as a kubelet with webhook authentication and authorization asks.

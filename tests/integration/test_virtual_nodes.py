@@ -159,6 +159,67 @@ def test_the_host_quota_counts_the_resources_nodes_pods_and_refuses_past_it(virt
     virtual.tcore.delete_namespaced_pod("past-quota", "shop", grace_period_seconds=0)
 
 
+def test_a_service_reaches_its_pods_from_a_tenant_pod_and_a_node_port_from_outside(
+    virtual: Virtual, host_cluster: HostCluster
+) -> None:
+    """Each tenant Service gets a host copy selecting the host Pods of its tenant Pods: a tenant
+    Pod reaches it through its service-link variables (the host ClusterIP), and a NodePort
+    Service answers on the host node. By name it needs the tenant DNS, not built yet."""
+    ports = [{"name": "http", "port": 80, "targetPort": 8080}]
+    for name, kind in (("web", "ClusterIP"), ("web-np", "NodePort")):
+        virtual.tcore.create_namespaced_service(
+            "shop",
+            {"metadata": {"name": name}, "spec": {"type": kind, "selector": {"app": "web"}, "ports": ports}},
+        )
+
+    def host_copy(name: str):
+        def check():
+            for svc in virtual.hcore.list_namespaced_service(virtual.pods_ns).items:
+                if (svc.metadata.annotations or {}).get("virtual.rhizeption.io/name") == name:
+                    return svc
+            return None
+
+        return check
+
+    web = wait_for("the host copy of Service web", host_copy("web"), timeout=60, agent=virtual.agent)
+    node_port = wait_for("the host copy of web-np", host_copy("web-np"), timeout=60, agent=virtual.agent)
+    tenant_np = virtual.tcore.read_namespaced_service("web-np", "shop").spec.ports[0].node_port
+    assert node_port.spec.ports[0].node_port == tenant_np, "the tenant's node port, free in the host"
+    virtual.tcore.create_namespaced_pod("shop", one_pod("client"))
+    wait_for(
+        "the client Running",
+        lambda: virtual.tcore.read_namespaced_pod("client", "shop").status.phase == "Running",
+        timeout=90,
+        agent=virtual.agent,
+    )
+    names = {
+        p.metadata.name for p in virtual.tcore.list_namespaced_pod("shop", label_selector="app=web").items
+    }
+    env = virtual.kubectl("-n", "shop", "exec", "client", "--", "sh", "-c", "echo $WEB_SERVICE_HOST")
+    assert env.stdout.strip() == web.spec.cluster_ip, env.stderr
+    got = virtual.kubectl(
+        "-n",
+        "shop",
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        # Debian's static busybox wget crashes (see test_hosted_nodes.run_client): nc.
+        "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n'"
+        " | nc -w 5 $WEB_SERVICE_HOST $WEB_SERVICE_PORT | tail -n 1",
+    )
+    assert got.returncode == 0 and got.stdout.strip() in names, got.stderr
+    url = f"http://{host_cluster.node.node_ip}:{tenant_np}/index.html"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read().decode().strip() in names
+    virtual.tcore.delete_namespaced_pod("client", "shop", grace_period_seconds=0)
+    virtual.tcore.delete_namespaced_service("web-np", "shop")
+    wait_for(
+        "the host copy of web-np gone", lambda: not host_copy("web-np")(), timeout=60, agent=virtual.agent
+    )
+
+
 def test_a_missing_secret_or_image_is_named_in_the_tenant_and_other_pods_keep_running(
     virtual: Virtual,
 ) -> None:
@@ -274,9 +335,13 @@ def test_removing_the_tenants_pods_leaves_nothing_in_the_host(virtual: Virtual) 
         objects = virtual.host_pods()
         objects += virtual.hcore.list_namespaced_secret(virtual.pods_ns, label_selector=selector).items
         objects += virtual.hcore.list_namespaced_config_map(virtual.pods_ns, label_selector=selector).items
+        objects += virtual.hcore.list_namespaced_service(virtual.pods_ns, label_selector=selector).items
         return [f"{o.kind or type(o).__name__}/{o.metadata.name}" for o in objects]
 
     wait_for(
-        "no host Pod, Secret or ConfigMap of the tenant left", lambda: not left(), 120, agent=virtual.agent
+        "no host Pod, Secret, ConfigMap or Service of the tenant left",
+        lambda: not left(),
+        120,
+        agent=virtual.agent,
     )
     assert left() == []

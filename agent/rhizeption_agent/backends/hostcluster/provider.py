@@ -36,6 +36,7 @@ from ...kubeapi import Kube, KubeError
 from ...provider import EventSink, ExecSession, LogRequest, NodeFacts, PodView, ProviderError
 from . import names, pods
 from .pods import HostSettings, Placement, Reference
+from .services import ServiceSync
 from .streams import HostStreams, KubernetesStreams, WebSocketExec
 from .watches import HostEvents, HostPods, uid_of
 
@@ -113,6 +114,7 @@ class HostClusterProvider:
         self.copy_resync_seconds = copy_resync_seconds
         self.streams = streams  # made from the host's configuration at the first exec
         self.pods = HostPods(host, settings.namespace, settings.tenant, on_change)
+        self.services = ServiceSync(host, tenant, settings.tenant, settings.namespace)
         # The core's EventSink (agent.events): host Events go to the tenant Pods through it.
         self.host_events = (
             HostEvents(host, settings.namespace, self.pods, events) if events is not None else None
@@ -134,15 +136,18 @@ class HostClusterProvider:
         worker, EVENTS takes the host's Events about the Pods. Before the watches start."""
         self.pods.on_change = on_change
         self.host_events = HostEvents(self.host, self.settings.namespace, self.pods, events)
+        self.services.emit = events
 
     def start(self) -> None:
         """Start the watches (also done by the first call that needs them)."""
         self.pods.start()
+        self.services.start()
         if self.host_events is not None:
             self.host_events.start()
 
     def stop(self) -> None:
         self.pods.stop()
+        self.services.stop()
         if self.host_events is not None:
             self.host_events.stop()
 
@@ -247,7 +252,7 @@ class HostClusterProvider:
         for ref in refs:
             self._copy(meta["namespace"], ref)
         self._write_tokens(pod)
-        body = pods.translate_pod(pod, self.settings, placement)
+        body = pods.translate_pod(pod, self.settings, placement, self.services.links(meta["namespace"]))
         try:
             created = self.host.request(
                 "POST", self._host_path("pods"), body=body, what=f"create host pod {name}"
