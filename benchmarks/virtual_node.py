@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import kubernetes
+import urllib3
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
 
@@ -60,22 +61,25 @@ def startup(core: kubernetes.client.CoreV1Api, namespace: str, count: int, prefi
     def observe() -> None:
         nonlocal version
         while not done.is_set():
-            for event in kubernetes.watch.Watch().stream(
-                core.list_namespaced_pod, namespace, resource_version=version, timeout_seconds=60
-            ):
-                pod = event["object"]
-                version = pod.metadata.resource_version
-                statuses = pod.status.container_statuses or []
-                name = pod.metadata.name
-                if (
-                    name in created
-                    and name not in seen
-                    and statuses
-                    and all(s.state.running for s in statuses)
+            try:
+                for event in kubernetes.watch.Watch().stream(
+                    core.list_namespaced_pod, namespace, resource_version=version, timeout_seconds=60
                 ):
-                    seen[name] = time.monotonic()
-                if len(seen) == count or done.is_set():
-                    return
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    statuses = pod.status.container_statuses or []
+                    name = pod.metadata.name
+                    if (
+                        name in created
+                        and name not in seen
+                        and statuses
+                        and all(s.state.running for s in statuses)
+                    ):
+                        seen[name] = time.monotonic()
+                    if len(seen) == count or done.is_set():
+                        return
+            except urllib3.exceptions.ProtocolError as e:  # a stream cut under load: watch again
+                print(f"virtual_node bench: {namespace} watch cut ({e}); watching again", file=sys.stderr)
 
     watcher = threading.Thread(target=observe, daemon=True)
     watcher.start()

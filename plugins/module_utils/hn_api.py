@@ -20,11 +20,6 @@ HNCLUSTER = Resource(API_VERSION, "HnCluster", "hnclusters")
 HNMACHINE = Resource(API_VERSION, "HnMachine", "hnmachines")
 TENANT_CONTROL_PLANE = Resource(API_VERSION, "TenantControlPlane", "tenantcontrolplanes")
 
-# Requests of a container that names none, in a host namespace where promoteResources.resources
-# is a quota (the control plane's, the virtual nodes' Pods namespace): a quota on requests
-# refuses Pods without them.
-DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
-
 # Labels that link a machine's objects to it and to its cluster.
 CLUSTER_LABEL = f"{GROUP}/cluster"
 MACHINE_LABEL = f"{GROUP}/machine"

@@ -56,7 +56,6 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 from ansible_collections.rhizeption.core.plugins.module_utils import oneshot_pods, pki
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
-    DEFAULT_REQUESTS,
     GROUP,
     MANAGED_BY,
     TENANT_CONTROL_PLANE,
@@ -1092,6 +1091,11 @@ def render(
             _pdb(tcp, f"{name}-scheduler", SCHEDULER, min_available=1),
         ]
     return objects
+
+
+# Requests of a container that names none, in a namespace with promoted resources: a quota on
+# requests refuses Pods without them, and every Pod there counts against it.
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 
 
 def quota_name(tcp: Obj) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Dict, List, Mapping, Sequence
 
-from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import DEFAULT_REQUESTS, MANAGED_BY
+from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import MANAGED_BY
 
 Obj = Dict[str, Any]
 
@@ -113,36 +113,30 @@ def resources_priority_class() -> Obj:
     }
 
 
-def pods_quota(tenant_namespace: str, tenant: str, resources: Mapping[str, str]) -> List[Obj]:
+def pods_quota(tenant_namespace: str, tenant: str, resources: Mapping[str, str]) -> Obj | None:
     """promoteResources.resources (cpu, memory) in the Pods namespace: a ResourceQuota on the
-    requests of the resources node's Pods (those of RESOURCES_PRIORITY_CLASS), and a LimitRange
-    giving containers without requests DEFAULT_REQUESTS, which a quota on requests needs. Empty
-    without promoted resources."""
+    requests of the resources node's Pods (those of RESOURCES_PRIORITY_CLASS); None without
+    promoted resources. No LimitRange: the agent writes an explicit 0 for what a container does
+    not request, as the tenant's scheduler counted it (pods._say_no_request)."""
     if not resources:
-        return []
-    namespace = pods_namespace(tenant_namespace, tenant)
-    metadata = {"name": f"{tenant}-promoted", "namespace": namespace, "labels": dict(MANAGED_BY)}
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "LimitRange",
-            "metadata": dict(metadata),
-            "spec": {"limits": [{"type": "Container", "defaultRequest": dict(DEFAULT_REQUESTS)}]},
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": f"{tenant}-promoted",
+            "namespace": pods_namespace(tenant_namespace, tenant),
+            "labels": dict(MANAGED_BY),
         },
-        {
-            "apiVersion": "v1",
-            "kind": "ResourceQuota",
-            "metadata": dict(metadata),
-            "spec": {
-                "hard": {f"requests.{r}": str(v) for r, v in sorted(resources.items())},
-                "scopeSelector": {
-                    "matchExpressions": [
-                        {"scopeName": "PriorityClass", "operator": "In", "values": [RESOURCES_PRIORITY_CLASS]}
-                    ]
-                },
+        "spec": {
+            "hard": {f"requests.{r}": str(v) for r, v in sorted(resources.items())},
+            "scopeSelector": {
+                "matchExpressions": [
+                    {"scopeName": "PriorityClass", "operator": "In", "values": [RESOURCES_PRIORITY_CLASS]}
+                ]
             },
         },
-    ]
+    }
 
 
 def agent_role(namespace: str) -> Obj:

@@ -103,13 +103,9 @@ def running_virtual_agent(
             pods_ns, virtual_nodes.agent_role_binding(pods_ns, virtual_nodes.AGENT_NAME, agent_ns)
         )
         made_class = _ensure_priority_class(host_api) if resources else False
-        for obj in virtual_nodes.pods_quota(agent_ns, tenant_name, resources):
-            create = (
-                hcore.create_namespaced_limit_range
-                if obj["kind"] == "LimitRange"
-                else hcore.create_namespaced_resource_quota
-            )
-            create(pods_ns, obj)
+        quota = virtual_nodes.pods_quota(agent_ns, tenant_name, resources)
+        if quota is not None:
+            hcore.create_namespaced_resource_quota(pods_ns, quota)
         if reader is not None:
             rbac.create_cluster_role(reader)
             rbac.create_cluster_role_binding(
@@ -183,11 +179,13 @@ def running_virtual_agent(
 
 
 class Virtual:
-    """What the tests share: the agent, both clusters' APIs and the host namespaces."""
+    """What the tests share: the agent, both clusters' APIs, the host namespaces and the rig's
+    one host node."""
 
-    def __init__(self, running: VirtualAgent, tenant: ControlPlane, tcore, hcore):
+    def __init__(self, running: VirtualAgent, tenant: ControlPlane, tcore, hcore, host_node: str):
         self.agent, self.tenant, self.tcore, self.hcore = running.agent, tenant, tcore, hcore
         self.pods_ns, self.agent_ns, self.tenant_name = running.pods_ns, running.agent_ns, running.tenant_name
+        self.host_node = host_node
 
     def host_pods(self) -> list:
         return self.hcore.list_namespaced_pod(
@@ -202,3 +200,27 @@ class Virtual:
             timeout=120,
             check=False,
         )
+
+
+@contextlib.contextmanager
+def virtual_node_agent(
+    host_cluster: HostCluster,
+    host_api: kubernetes.client.ApiClient,
+    tenant: ControlPlane,
+    workdir: Path,
+    resources: dict[str, str],
+    **options: object,
+) -> Iterator[Virtual]:
+    """running_virtual_agent (same arguments), with both clusters' APIs at hand."""
+    tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
+    try:
+        with running_virtual_agent(host_cluster, host_api, tenant, workdir, resources, **options) as running:
+            yield Virtual(
+                running,
+                tenant,
+                kubernetes.client.CoreV1Api(tclient),
+                kubernetes.client.CoreV1Api(host_api),
+                host_cluster.node_name,
+            )
+    finally:
+        tclient.close()

@@ -560,6 +560,22 @@ def test_only_the_resources_nodes_pods_carry_the_class_the_quota_counts():
     assert "priorityClassName" not in hosted(pod)["spec"], "no quota configured, no class"
 
 
+def test_what_a_container_of_the_resources_node_does_not_request_is_an_explicit_zero():
+    """The host quota admits only containers naming what it counts; 0 is what the tenant's
+    scheduler counted. A request or limit the tenant gave stays as it is."""
+    quota = dataclasses.replace(SETTINGS, resources_priority_class="rhizeption-virtual-resources")
+    pod = tenant_pod()
+    pod["spec"]["initContainers"] = [
+        {"name": "init", "image": "x", "resources": {"limits": {"memory": "1Gi"}}}
+    ]
+    pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "250m"}}
+    spec = hosted(pod, settings=quota)["spec"]
+    assert spec["containers"][0]["resources"] == {"requests": {"cpu": "250m", "memory": "0"}}
+    assert spec["initContainers"][0]["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "0"}}
+    mirror = hosted(pod, placement=MIRROR, settings=quota)["spec"]
+    assert mirror["containers"][0]["resources"] == {"requests": {"cpu": "250m"}}, "a mirror's Pods: as asked"
+
+
 @pytest.mark.parametrize(
     ("toleration", "expected"),
     [

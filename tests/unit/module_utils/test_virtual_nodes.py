@@ -160,19 +160,15 @@ def test_the_tenant_cluster_role_grants_nothing_a_kubelet_lacks(resource, verb, 
 
 
 def test_the_quota_holds_the_promoted_resources_for_the_resources_nodes_pods_only():
-    limits, quota = vn.pods_quota("tenants", "blue", {"cpu": "1", "memory": "2Gi"})
-    assert quota["kind"] == "ResourceQuota" and quota["metadata"]["namespace"] == vn.pods_namespace(
-        "tenants", "blue"
-    )
+    quota = vn.pods_quota("tenants", "blue", {"cpu": "1", "memory": "2Gi"})
+    assert quota["kind"] == "ResourceQuota"
+    assert quota["metadata"]["namespace"] == vn.pods_namespace("tenants", "blue")
     assert quota["spec"]["hard"] == {"requests.cpu": "1", "requests.memory": "2Gi"}
-    scope = quota["spec"]["scopeSelector"]["matchExpressions"]
-    assert scope == [
-        {"scopeName": "PriorityClass", "operator": "In", "values": [vn.RESOURCES_PRIORITY_CLASS]}
-    ]
+    (scope,) = quota["spec"]["scopeSelector"]["matchExpressions"]
+    assert scope == {"scopeName": "PriorityClass", "operator": "In", "values": [vn.RESOURCES_PRIORITY_CLASS]}
     assert vn.resources_priority_class()["metadata"]["name"] == vn.RESOURCES_PRIORITY_CLASS
     assert vn.resources_priority_class()["value"] == 0
-    assert limits["kind"] == "LimitRange" and limits["spec"]["limits"][0]["defaultRequest"]["cpu"] == "100m"
-    assert vn.pods_quota("tenants", "blue", {}) == []
+    assert vn.pods_quota("tenants", "blue", {}) is None
 
 
 def test_the_pods_namespace_is_per_tenant_and_a_dns_label():

@@ -35,6 +35,7 @@ Obj = dict[str, Any]
 REASON_POD_SECURITY = "HostPodSecurity"
 REASON_UNSUPPORTED = "UnsupportedFeature"
 REASON_HOST_UNSCHEDULABLE = "HostUnschedulable"
+QUOTA_RESOURCES = ("cpu", "memory")  # what the Pods namespace's quota counts (requests)
 HOST_MANAGED_CONDITIONS = (
     "PodReadyToStartContainers",
     "Initialized",
@@ -431,6 +432,9 @@ def translate_pod(
         }
     elif settings.resources_priority_class:
         host_spec["priorityClassName"] = settings.resources_priority_class
+        for group in ("initContainers", "containers"):
+            for ctr in host_spec.get(group) or []:
+                _say_no_request(ctr)
     tolerations = host_tolerations(spec.get("tolerations") or [], placement.host_node_taints)
     if tolerations:
         host_spec["tolerations"] = tolerations
@@ -499,6 +503,17 @@ def tolerates(toleration: Obj, taint: Obj) -> bool:
     if toleration["key"] != taint.get("key"):
         return False
     return operator == "Exists" or (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def _say_no_request(ctr: Obj) -> None:
+    """A container that requests no cpu or memory (nor limits it) says so with an explicit 0:
+    the host quota admits only containers that name what it counts, and 0 is what the tenant's
+    scheduler counted for them. (A LimitRange default would make each such container cost the
+    host more than the tenant counted, and leave the host node full before the tenant's.)"""
+    resources = ctr.setdefault("resources", {})
+    for name in QUOTA_RESOURCES:
+        if name not in (resources.get("requests") or {}) and name not in (resources.get("limits") or {}):
+            resources.setdefault("requests", {})[name] = "0"
 
 
 def _container(ctr: Obj, settings: HostSettings, namespace: str, links: list[Obj]) -> Obj:
