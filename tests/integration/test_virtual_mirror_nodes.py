@@ -17,7 +17,7 @@ from hosted import web_container, web_deployment
 from petagent import wait_for
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
-from virtualagent import TENANT_LABEL, UID_LABEL, Virtual, running_virtual_agent
+from virtualagent import TENANT_LABEL, UID_LABEL, Virtual, virtual_node_agent
 
 from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
 
@@ -25,35 +25,20 @@ MISSING = "no-such-host-node"
 TENANT_NAME = "blue"
 
 
-class Mirrors(Virtual):
-    host_node: str
-
-
 @pytest.fixture(scope="module")
 def mirrors(
     host_cluster: HostCluster, host_api_client, tenant: ControlPlane, tmp_path_factory
-) -> Iterator[Mirrors]:
-    tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
-    try:
-        with running_virtual_agent(
-            host_cluster,
-            host_api_client,
-            tenant,
-            tmp_path_factory.mktemp("virtual-mirrors"),
-            {},
-            nodes=(host_cluster.node_name, MISSING),
-            tenant_name=TENANT_NAME,
-        ) as running:
-            m = Mirrors(
-                running,
-                tenant,
-                kubernetes.client.CoreV1Api(tclient),
-                kubernetes.client.CoreV1Api(host_api_client),
-            )
-            m.host_node = host_cluster.node_name
-            yield m
-    finally:
-        tclient.close()
+) -> Iterator[Virtual]:
+    with virtual_node_agent(
+        host_cluster,
+        host_api_client,
+        tenant,
+        tmp_path_factory.mktemp("virtual-mirrors"),
+        {},
+        nodes=(host_cluster.node_name, MISSING),
+        tenant_name=TENANT_NAME,
+    ) as v:
+        yield v
 
 
 def ready_of(node) -> tuple[str, str, str]:
@@ -62,7 +47,7 @@ def ready_of(node) -> tuple[str, str, str]:
     return (cond.status, cond.reason, cond.message or "") if cond else ("", "", "")
 
 
-def test_the_mirror_is_ready_with_the_host_nodes_allocatable(mirrors: Mirrors) -> None:
+def test_the_mirror_is_ready_with_the_host_nodes_allocatable(mirrors: Virtual) -> None:
     def mirror_ready():
         nodes = {n.metadata.name: n for n in mirrors.tcore.list_node().items}
         mirror = nodes.get(mirrors.host_node)
@@ -79,7 +64,7 @@ def test_the_mirror_is_ready_with_the_host_nodes_allocatable(mirrors: Mirrors) -
     assert not mirror.spec.unschedulable
 
 
-def test_a_promoted_node_the_host_lacks_is_not_ready_naming_it(mirrors: Mirrors) -> None:
+def test_a_promoted_node_the_host_lacks_is_not_ready_naming_it(mirrors: Virtual) -> None:
     missing = wait_for(
         "the missing host node's mirror with its status",
         lambda: next(
@@ -95,7 +80,7 @@ def test_a_promoted_node_the_host_lacks_is_not_ready_naming_it(mirrors: Mirrors)
     assert missing.status.allocatable["pods"] == "0"
 
 
-def test_a_deployment_of_three_runs_pinned_to_the_host_node(mirrors: Mirrors) -> None:
+def test_a_deployment_of_three_runs_pinned_to_the_host_node(mirrors: Virtual) -> None:
     mirrors.tcore.create_namespace({"metadata": {"name": "shop"}})
     apps = kubernetes.client.AppsV1Api(mirrors.tcore.api_client)
     apps.create_namespaced_deployment(
@@ -115,7 +100,25 @@ def test_a_deployment_of_three_runs_pinned_to_the_host_node(mirrors: Mirrors) ->
         assert pod.status.pod_ip == twin.status.pod_ip
 
 
-def test_logs_and_exec_reach_a_mirrors_pod_through_the_tenant_api_server(mirrors: Mirrors) -> None:
+def test_a_pod_bound_to_the_missing_node_waits_with_the_host_schedulers_reason(mirrors: Virtual) -> None:
+    """Bound by name past the tenant's scheduler, to the mirror of a node the host lacks: its
+    host Pod, pinned to that node, cannot be placed, and the tenant Pod says so."""
+    pod = {
+        "metadata": {"name": "nowhere"},
+        "spec": {"nodeName": MISSING, "terminationGracePeriodSeconds": 1, "containers": [web_container()]},
+    }
+    mirrors.tcore.create_namespaced_pod("shop", pod)
+
+    def waiting():
+        p = mirrors.tcore.read_namespaced_pod("nowhere", "shop")
+        return p if p.status.reason == "HostUnschedulable" else None
+
+    got = wait_for("the Pod on the missing node HostUnschedulable", waiting, timeout=60, agent=mirrors.agent)
+    assert got.status.phase == "Pending" and "NodeAffinity" in got.status.message, got.status.message
+    mirrors.tcore.delete_namespaced_pod("nowhere", "shop", grace_period_seconds=0)
+
+
+def test_logs_and_exec_reach_a_mirrors_pod_through_the_tenant_api_server(mirrors: Virtual) -> None:
     some = mirrors.tcore.list_namespaced_pod("shop", label_selector="app=web").items[0].metadata.name
     logs = mirrors.kubectl("-n", "shop", "logs", some)
     assert logs.returncode == 0 and logs.stdout.strip().startswith("serving "), (
@@ -125,7 +128,7 @@ def test_logs_and_exec_reach_a_mirrors_pod_through_the_tenant_api_server(mirrors
     assert out.returncode == 0 and out.stdout.strip() == some, out.stderr
 
 
-def test_a_cordon_of_the_host_node_reaches_its_mirror_and_so_does_the_uncordon(mirrors: Mirrors) -> None:
+def test_a_cordon_of_the_host_node_reaches_its_mirror_and_so_does_the_uncordon(mirrors: Virtual) -> None:
     def mirror_unschedulable(value: bool):
         return lambda: bool(mirrors.tcore.read_node(mirrors.host_node).spec.unschedulable) == value
 
@@ -137,7 +140,7 @@ def test_a_cordon_of_the_host_node_reaches_its_mirror_and_so_does_the_uncordon(m
     wait_for("the mirror uncordoned", mirror_unschedulable(False), timeout=60, agent=mirrors.agent)
 
 
-def test_the_agent_can_do_nothing_beyond_its_documented_rights(mirrors: Mirrors) -> None:
+def test_the_agent_can_do_nothing_beyond_its_documented_rights(mirrors: Virtual) -> None:
     """In the host: its promoted node by name, not the host's other Nodes; in the tenant: the
     ClusterRole of a node agent, not a tenant admin's rights."""
     host = kubernetes.config.new_client_from_config(str(mirrors.agent.workdir / "host.kubeconfig"))
@@ -163,7 +166,7 @@ def test_the_agent_can_do_nothing_beyond_its_documented_rights(mirrors: Mirrors)
     assert not virtual_nodes.allows(rules, "secrets", "list")
 
 
-def test_removing_the_tenants_pods_leaves_nothing_in_the_host(mirrors: Mirrors) -> None:
+def test_removing_the_tenants_pods_leaves_nothing_in_the_host(mirrors: Virtual) -> None:
     mirrors.tcore.delete_namespace("shop")
 
     def host_empty():

@@ -18,30 +18,18 @@ from hosted import BUSYBOX, web_container, web_deployment
 from petagent import port_forward, wait_for
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
-from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, Virtual, running_virtual_agent
+from virtualagent import NODE, TENANT, TENANT_LABEL, UID_LABEL, Virtual, virtual_node_agent
 
 
 @pytest.fixture(scope="module")
 def virtual(
     host_cluster: HostCluster, host_api_client, tenant: ControlPlane, tmp_path_factory
 ) -> Iterator[Virtual]:
-    tclient = kubernetes.config.new_client_from_config(str(tenant.kubeconfig))
-    try:
-        with running_virtual_agent(
-            host_cluster,
-            host_api_client,
-            tenant,
-            tmp_path_factory.mktemp("virtual-node"),
-            {"cpu": "1", "memory": "2Gi"},
-        ) as running:
-            yield Virtual(
-                running,
-                tenant,
-                kubernetes.client.CoreV1Api(tclient),
-                kubernetes.client.CoreV1Api(host_api_client),
-            )
-    finally:
-        tclient.close()
+    workdir = tmp_path_factory.mktemp("virtual-node")
+    with virtual_node_agent(
+        host_cluster, host_api_client, tenant, workdir, {"cpu": "1", "memory": "2Gi"}
+    ) as v:
+        yield v
 
 
 def node_ready(v: Virtual):
@@ -79,7 +67,7 @@ def test_a_deployment_of_three_runs_as_host_pods_with_status_back(virtual: Virtu
         mirror = by_uid[pod.metadata.uid]
         assert pod.status.phase == "Running" and mirror.status.phase == "Running"
         assert pod.status.pod_ip == mirror.status.pod_ip  # the host Pod's address, told back
-        assert mirror.spec.node_name == virtual.hcore.list_node().items[0].metadata.name
+        assert mirror.spec.node_name == virtual.host_node
 
 
 def test_logs_and_exec_reach_the_host_pods_through_the_tenant_api_server(virtual: Virtual) -> None:

@@ -1,6 +1,7 @@
 """An in-memory API server for the agent's unit tests (the Kube methods the agent uses):
 objects by path with resourceVersions, watches that replay the events after a version, label
-and spec.nodeName selectors, and a record of every call. A fake exists only in unit tests;
+and spec.nodeName selectors, and a record of every call; and ``eventually``, to wait for what
+the agent's threads do. A fake exists only in unit tests;
 tests/integration runs the same code against real API servers."""
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rhizeption_agent.kubeapi import KubeError
@@ -43,6 +45,16 @@ def _merge(into: Obj, patch: Obj) -> None:
             _merge(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """CHECK's first true answer within TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := check():
+            return got
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
 
 
 def _within(collection: str, path: str) -> bool:

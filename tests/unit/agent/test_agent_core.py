@@ -5,12 +5,11 @@ API server of the unit tests; tests/integration runs the core on real API server
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from fake_api import FakeApi
+from fake_api import FakeApi, eventually
 from rhizeption_agent.agent import Agent
 from rhizeption_agent.config import AgentConfig
 from rhizeption_agent.provider import NodeFacts, PodView
@@ -75,15 +74,6 @@ def pod(name: str, node: str) -> Obj:
         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
         "status": {"phase": "Pending"},
     }
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture

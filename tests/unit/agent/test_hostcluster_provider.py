@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_api import FakeApi
+from fake_api import FakeApi, eventually
 from rhizeption_agent.backends.hostcluster import names, pods
 from rhizeption_agent.backends.hostcluster import provider as hostcluster_provider
 from rhizeption_agent.backends.hostcluster.pods import HostSettings, Placement
@@ -114,16 +114,6 @@ class Events(list):
 
     def reasons(self) -> list[str]:
         return [e[2] for e in self]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture

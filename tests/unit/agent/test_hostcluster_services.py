@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_api import FakeApi
+from fake_api import FakeApi, eventually
 from rhizeption_agent.backends.hostcluster import names, services
 from rhizeption_agent.kubeapi import KubeError
 
@@ -86,15 +86,6 @@ class Host(FakeApi):
                     port["nodePort"] = next(self.next_port)
             body["spec"].setdefault("clusterIP", next(self.ips))
         return super().request(method, path, body=body, **kw)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 @pytest.fixture
