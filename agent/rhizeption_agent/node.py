@@ -185,7 +185,6 @@ class NodeSource(Protocol):
     def nodes(self, facts: NodeFacts, previous: Mapping[str, Obj]) -> list[Obj]:
         """Each Node as it should be now: metadata (name, labels), spec and status. FACTS: the
         provider's; PREVIOUS: the status last posted, by Node name (transition times)."""
-        ...
 
 
 class MachineNode:

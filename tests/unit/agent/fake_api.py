@@ -26,7 +26,7 @@ def _matches(obj: Obj, selector: str | None, field_selector: str | None = None) 
             if labels.get(key) != value:
                 return False
     for term in (field_selector or "").split(","):
-        key, _, value = term.partition("=")
+        key, _sep, value = term.partition("=")
         if key == "spec.nodeName" and (obj.get("spec") or {}).get("nodeName") != value:
             return False  # the Pods of one Node; other field selectors are not filtered
     return True

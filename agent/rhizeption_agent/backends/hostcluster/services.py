@@ -229,7 +229,9 @@ class ServiceSync:
         """Delete the host copies no tenant Service wants (gone or changed while the agent was
         away), and know the others as made."""
         selector = f"{names.TENANT_LABEL}={self.tenant_name},{names.KIND_LABEL}=service"
-        items, _ = self.host.list(f"/api/v1/namespaces/{self.namespace}/services", label_selector=selector)
+        items, _version = self.host.list(
+            f"/api/v1/namespaces/{self.namespace}/services", label_selector=selector
+        )
         for host_svc in items:
             owner = names.owner_of(host_svc)
             if owner is None:
