@@ -361,7 +361,7 @@ def derive_status(machine: Obj, pod: Obj | None, node: Obj | None = None, now: s
     elif pod_status.get("phase") == "Running":
         phase = "Running"
         status["ready"] = bool(pod_ready and pod_ready.get("status") == "True")
-        node_ready = _node_ready(node)
+        node_ready = _node_ready(node, since=meta(pod, "creationTimestamp") or "")
         if node_ready and status["ready"]:
             phase = "Ready"
     else:
@@ -414,10 +414,14 @@ def _container_running(pod: Obj | None) -> bool:
     )
 
 
-def _node_ready(node: Obj | None) -> bool:
+def _node_ready(node: Obj | None, since: str = "") -> bool:
+    """The Node is Ready as its kubelet last said, SINCE then (RFC 3339, the node Pod's
+    creation): a node Pod made again keeps its Node name, and until the node controller
+    notices the old kubelet is gone (40 s), the Node still reads Ready from before."""
     for c in status_of(node).get("conditions") or []:
         if c.get("type") == "Ready":
-            return c.get("status") == "True"
+            heartbeat = c.get("lastHeartbeatTime") or ""
+            return c.get("status") == "True" and (not heartbeat or heartbeat >= since)
     return False
 
 

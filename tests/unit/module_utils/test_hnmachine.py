@@ -269,6 +269,18 @@ def test_ready_needs_the_tenant_node_ready():
     assert hnmachine.derive_status(machine(), running, node=node, now=NOW)["phase"] == "Running"
 
 
+def test_a_node_ready_from_before_its_pod_was_made_again_is_not_ready_yet():
+    """A node Pod made again keeps its Node name: until the new kubelet reports, the Node's
+    Ready is the old kubelet's, from before the new Pod."""
+    running = pod("Running", scheduled=True, ready=True, ip="10.0.0.5")
+    running["metadata"]["creationTimestamp"] = "2026-11-24T03:00:10Z"
+    ready = {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-24T03:00:02Z"}
+    node = {"metadata": {"name": "blue-0"}, "status": {"conditions": [ready]}}
+    assert hnmachine.derive_status(machine(), running, node=node, now=NOW)["phase"] == "Running"
+    ready["lastHeartbeatTime"] = "2026-11-24T03:00:14Z"  # the new kubelet's first status
+    assert hnmachine.derive_status(machine(), running, node=node, now=NOW)["phase"] == "Ready"
+
+
 def test_deleting_wins_over_everything():
     m = machine(deletionTimestamp=NOW)
     assert hnmachine.derive_status(m, pod("Running", ready=True), now=NOW)["phase"] == "Deleting"
