@@ -12,17 +12,18 @@ tenant Service selects, so the host's kube-proxy and EndpointSlices do the rest.
   not copied yet).
 
 One list and watch of the tenant's Services, a write only when the host copy differs, and the
-host copies whose tenant Service is gone deleted after each list.
+host copies no tenant Service wants deleted after each list (the host's copies are listed once
+per list of the tenant's, not read one by one).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from ...kubeapi import Kube, KubeError
+from ...provider import EventSink
 from . import names
 from .pods import ServiceLink
 
@@ -32,8 +33,6 @@ RETRY_SECONDS = 1.0
 SYNCED_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 # What the agent owns of a host Service's spec: compared to decide whether to write.
 OWNED = ("type", "selector", "ports", "sessionAffinity", "publishNotReadyAddresses")
-
-EventSink = Callable[[Obj, str, str, str], None]
 
 
 def host_service(svc: Obj, tenant: str, host_namespace: str) -> Obj | None:
@@ -90,6 +89,7 @@ class ServiceSync:
         self.tenant = tenant
         self.tenant_name = tenant_name
         self.namespace = namespace
+        self.path = f"/api/v1/namespaces/{namespace}/services"  # the host copies
         self.emit: EventSink | None = None
         self.synced = threading.Event()
         self._links: dict[tuple[str, str], ServiceLink] = {}  # (namespace, name): how Pods reach it
@@ -117,15 +117,12 @@ class ServiceSync:
         while not self._stopping.is_set():
             try:
                 items, version = self.tenant.list(path)
+                copies = self._host_copies()
                 for svc in items:
-                    self._reconcile(svc)
-                self._collect(
-                    {
-                        (s["metadata"]["namespace"], s["metadata"]["name"])
-                        for s in items
-                        if host_service(s, self.tenant_name, self.namespace) is not None
-                    }
-                )
+                    key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+                    self._reconcile(svc, copies.pop(key, None), listed=True)
+                for key in copies:  # no tenant Service wants these (gone while the agent was away)
+                    self._delete(*key)
                 self.synced.set()
                 while not self._stopping.is_set():
                     for kind, svc in self.tenant.watch(path, version, timeout_seconds=300):
@@ -142,17 +139,20 @@ class ServiceSync:
                 LOG.warning("service sync: %s: %s; listing again", type(e).__name__, e)
             self._stopping.wait(RETRY_SECONDS)
 
-    def _reconcile(self, svc: Obj) -> None:
+    def _reconcile(self, svc: Obj, current: Obj | None = None, listed: bool = False) -> None:
+        """Bring SVC's host copy to what it should be (none, for a Service not synced); CURRENT:
+        that copy as LISTED, or read here."""
         meta = svc["metadata"]
         key = (meta["namespace"], meta["name"])
         want = host_service(svc, self.tenant_name, self.namespace)
         if want is None:
-            if key in self._made:  # its type or selector changed: no copy any more
+            if key in self._made or current is not None:  # its type or selector changed
                 self._delete(*key)
             return
-        path = f"/api/v1/namespaces/{self.namespace}/services/{want['metadata']['name']}"
+        path = f"{self.path}/{want['metadata']['name']}"
         try:
-            current = self.host.get(path)
+            if not listed:
+                current = self.host.get(path)
             if current is None:
                 current = self._create(svc, want)
             elif _owned(current["spec"]) != _owned(want["spec"]):
@@ -176,10 +176,9 @@ class ServiceSync:
         self._remember(key, current)
 
     def _create(self, svc: Obj, want: Obj) -> Obj:
-        path = f"/api/v1/namespaces/{self.namespace}/services"
         name = want["metadata"]["name"]
         try:
-            return self.host.request("POST", path, body=want, what=f"create host service {name}")
+            return self.host.request("POST", self.path, body=want, what=f"create host service {name}")
         except KubeError as e:
             asked = [p["nodePort"] for p in want["spec"]["ports"] if p.get("nodePort")]
             if e.status != 422 or not asked:
@@ -187,7 +186,7 @@ class ServiceSync:
         # The host has the tenant's node port taken (or outside its range): let it choose.
         for port in want["spec"]["ports"]:
             port.pop("nodePort", None)
-        made = self.host.request("POST", path, body=want, what=f"create host service {name}")
+        made = self.host.request("POST", self.path, body=want, what=f"create host service {name}")
         given = ", ".join(str(p.get("nodePort")) for p in made["spec"]["ports"])
         self._tell(
             svc,
@@ -216,32 +215,21 @@ class ServiceSync:
             self._made.discard((namespace, name))
         host_name = names.host_name(self.tenant_name, namespace, name, "service")
         try:
-            self.host.request(
-                "DELETE",
-                f"/api/v1/namespaces/{self.namespace}/services/{host_name}",
-                what=f"delete host service {host_name}",
-            )
+            self.host.request("DELETE", f"{self.path}/{host_name}", what=f"delete host service {host_name}")
         except KubeError as e:
             if e.status != 404:
                 raise
 
-    def _collect(self, wanted: set[tuple[str, str]]) -> None:
-        """Delete the host copies no tenant Service wants (gone or changed while the agent was
-        away), and know the others as made."""
+    def _host_copies(self) -> dict[tuple[str, str], Obj]:
+        """The host copies this agent made, by (tenant namespace, tenant name)."""
         selector = f"{names.TENANT_LABEL}={self.tenant_name},{names.KIND_LABEL}=service"
-        items, _version = self.host.list(
-            f"/api/v1/namespaces/{self.namespace}/services", label_selector=selector
-        )
+        items, _version = self.host.list(self.path, label_selector=selector)
+        copies = {}
         for host_svc in items:
             owner = names.owner_of(host_svc)
-            if owner is None:
-                continue
-            key = (owner[2], owner[3])
-            if key in wanted:
-                with self._lock:
-                    self._made.add(key)
-            else:
-                self._delete(*key)
+            if owner is not None:
+                copies[(owner[2], owner[3])] = host_svc
+        return copies
 
     def _tell(self, svc: Obj, type_: str, reason: str, message: str) -> None:
         if self.emit is not None:
