@@ -62,7 +62,6 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
     from .backends.hostcluster.nodes import VirtualNodeSource  # noqa: PLC0415
     from .backends.hostcluster.pods import HostSettings  # noqa: PLC0415
     from .backends.hostcluster.provider import HostClusterProvider  # noqa: PLC0415
-    from .kubeapi import connect  # noqa: PLC0415
     from .node import KUBELET_VERSION  # noqa: PLC0415
 
     hc = cfg.host_cluster
@@ -76,7 +75,7 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
         api_server_port=hc.api_server_port,
         resources_priority_class=hc.resources_priority_class or None,
     )
-    host = connect(hc.kubeconfig)
+    host = connect_host(hc.kubeconfig)
     source = VirtualNodeSource(
         host,
         {"nodes": hc.nodes, "resources": hc.resources},
@@ -91,6 +90,14 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
     agent = Agent(cfg, kube, provider, node_source=source)
     provider.bind(agent.wake, agent.events)
     return agent
+
+
+def connect_host(kubeconfig: str):
+    """The host cluster: as the kubeconfig file's user, or, when there is none (the agent is a
+    Pod of the host cluster), as the Pod's ServiceAccount."""
+    from .kubeapi import connect, connect_in_cluster  # noqa: PLC0415
+
+    return connect(kubeconfig) if kubeconfig else connect_in_cluster()
 
 
 def _serve(agent, cfg: AgentConfig, kube, host_ip: str) -> None:

@@ -47,7 +47,9 @@ class HostClusterConfig:
     """The host-cluster backend (virtual nodes, docs/virtual-nodes.md): the node's Pods run as
     Pods of a host cluster, in one namespace of it, with the agent's Role there."""
 
-    kubeconfig: str = ""  # the agent's credentials in the host cluster
+    # The agent's credentials in the host cluster. Empty: the Pod's ServiceAccount (the agent
+    # runs as a Pod of the host cluster; kubeapi.connect_in_cluster).
+    kubeconfig: str = ""
     tenant: str = ""  # the TenantControlPlane's name (labels every host object)
     namespace: str = ""  # the host namespace of the tenant's Pods
     resources: dict[str, str] = field(default_factory=dict)  # the resources node's cpu and memory
@@ -161,7 +163,7 @@ def parse(data: Any, source: str = "config") -> AgentConfig:
 
 
 def _check_host_cluster(hc: HostClusterConfig, node_name: str) -> None:
-    for required in ("kubeconfig", "tenant", "namespace"):
+    for required in ("tenant", "namespace"):  # not kubeconfig: empty is the ServiceAccount
         if not getattr(hc, required):
             _fail(f"host_cluster.{required}", "is required with backend hostcluster")
     if not hc.resources and not hc.nodes:

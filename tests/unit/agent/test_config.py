@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import rhizeption_agent
@@ -37,6 +38,76 @@ def test_an_agent_of_mirror_nodes_needs_no_resources():
     assert cfg.host_cluster.nodes == ["node-a"] and cfg.host_cluster.resources == {}
 
 
+def test_an_agent_in_a_pod_of_the_host_needs_no_host_kubeconfig():
+    host = {k: v for k, v in HOST.items() if k != "kubeconfig"}
+    assert parse({**MINIMAL, "backend": "hostcluster", "host_cluster": host}).host_cluster.kubeconfig == ""
+    cfg = parse({**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "kubeconfig": ""}})
+    assert cfg.host_cluster.kubeconfig == ""
+
+
+@pytest.fixture
+def pod_service_account(tmp_path, monkeypatch):
+    """What the kubelet gives a Pod: the Service's address in the environment, the token and
+    the CA in files (here in tmp_path). Returns the token file."""
+    from kubernetes.config import incluster_config
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("first-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+    return account / "token"
+
+
+def _authorization(kube) -> str:
+    """The Authorization header Kube's next request carries: the client asks the configuration's
+    auth_settings for it at each request (its refresh hook runs there), in every version."""
+    return kube.api.configuration.auth_settings()["BearerToken"]["value"]
+
+
+def test_without_a_host_kubeconfig_the_agent_is_its_pods_service_account(pod_service_account, monkeypatch):
+    import datetime
+
+    import kubernetes
+    from kubernetes.config import incluster_config
+
+    host = cli.connect_host("")
+    assert host.host == "https://10.96.0.1:443"
+    assert host.api.configuration.ssl_ca_cert == str(pod_service_account.parent / "ca.crt")
+    assert _authorization(host) == "bearer first-token"
+    assert kubernetes.client.Configuration.get_default_copy().host != host.host, "the default is left alone"
+
+    # The kubelet rotates the projected token: a minute later the next request carries the new one.
+    pod_service_account.write_text("rotated-token")
+    later = datetime.datetime.now() + datetime.timedelta(minutes=2)
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later
+
+    monkeypatch.setattr(
+        incluster_config, "datetime", SimpleNamespace(datetime=Clock, timedelta=datetime.timedelta)
+    )
+    assert _authorization(host) == "bearer rotated-token"
+
+
+def test_a_host_kubeconfig_is_used_even_in_a_pod(pod_service_account, tmp_path):
+    kubeconfig = tmp_path / "host.kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: host\n"
+        "clusters: [{name: host, cluster: {server: 'https://192.0.2.1:6443'}}]\n"
+        "users: [{name: agent, user: {token: file-token}}]\n"
+        "contexts: [{name: host, context: {cluster: host, user: agent}}]\n"
+    )
+    host = cli.connect_host(str(kubeconfig))
+    assert host.host == "https://192.0.2.1:6443"
+    assert _authorization(host) == "Bearer file-token"
+
+
 def test_minimal_config_takes_the_defaults():
     cfg = parse(MINIMAL)
     assert cfg.lease_renew_seconds == 10.0
@@ -61,7 +132,7 @@ def test_minimal_config_takes_the_defaults():
         ({**MINIMAL, "server": {"prot": 1}}, "'server.prot'"),
         ({**MINIMAL, "lease_renew_seconds": 50}, "'lease_renew_seconds'"),
         ({**MINIMAL, "backend": "docker"}, "'backend'"),
-        ({**MINIMAL, "backend": "hostcluster"}, "'host_cluster.kubeconfig'"),
+        ({**MINIMAL, "backend": "hostcluster"}, "'host_cluster.tenant'"),
         (
             {**MINIMAL, "backend": "hostcluster", "host_cluster": {**HOST, "namespace": ""}},
             "'host_cluster.namespace'",
