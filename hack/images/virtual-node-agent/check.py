@@ -16,6 +16,7 @@ from pathlib import Path
 import kube
 import pki
 import rhizeption_agent.agent
+import rhizeption_agent.apply  # the init container that writes the tenant RBAC
 import rhizeption_agent.backends.hostcluster.nodes
 import rhizeption_agent.backends.hostcluster.pods
 import rhizeption_agent.backends.hostcluster.provider
