@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
 
-from ansible_collections.rhizeption.core.plugins.module_utils import oneshot_pods, pki
+from ansible_collections.rhizeption.core.plugins.module_utils import oneshot_pods, pki, virtual_nodes
 from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import (
     API_VERSION,
     GROUP,
@@ -73,6 +73,8 @@ from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube, 
 
 # Every object a tenant control plane owns carries it, with the TenantControlPlane's name.
 TENANT_LABEL = f"{GROUP}/tenant"
+# With it, on what a tenant has outside its namespace (its virtual nodes'): the namespace.
+TENANT_NAMESPACE_LABEL = f"{GROUP}/tenant-namespace"
 # Rolled into Pod templates, so renewed certificates and kubeconfigs restart what reads them.
 PKI_DIGEST_ANNOTATION = f"{GROUP}/pki-digest"
 
@@ -93,6 +95,15 @@ SCHEDULER = "kube-scheduler"
 COMPONENTS = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER)
 ETCD_BACKUP = "etcd-backup"  # the helper Pods of a backup or restore, not a component
 ETCD_CLEANUP = "etcd-cleanup"  # the helper Pod that removes a deleted tenant's keys from a shared etcd
+# The agent of the tenant's virtual nodes (docs/virtual-nodes.md), deployed when promoteResources
+# is set: its image is the `images` key, its labels' app.kubernetes.io/name.
+VIRTUAL_NODE_AGENT = "virtual-node-agent"
+# hack/build-images tags the agent's image with the collection's version (galaxy.yml); a unit
+# test keeps the two in step.
+AGENT_IMAGE_TAG = "0.1.0"
+RESOURCES_NODE = "virtual-resources"  # the tenant's Node of promoteResources.resources
+AGENT_PORT = 10250  # the agent's kubelet API, which the tenant's apiserver calls for logs and exec
+AGENT_DIR = "/etc/rhizeption-agent"
 # On a tenant with a shared etcd: its keys there are removed before it is gone, and a
 # delete that fails half-way leaves the tenant (in Deleting) for the next run to finish.
 SHARED_KEYS_FINALIZER = "hn.rhizeption.io/shared-etcd-keys"
@@ -102,6 +113,7 @@ RESOURCE_KEYS = {
     APISERVER: "apiServer",
     CONTROLLER_MANAGER: "controllerManager",
     SCHEDULER: "scheduler",
+    VIRTUAL_NODE_AGENT: "virtualNodeAgent",
 }
 IMAGE_REPOSITORY = "localhost/rhizeption"
 
@@ -260,6 +272,14 @@ def validate(tcp: Obj, built_versions: Iterable[str] = tuple(BUILT_VERSIONS)) ->
                         f"{value!r} is not a quantity such as 500m, 2 or 4Gi",
                     )
     promote = spec.get("promoteResources") or {}
+    if not isinstance(promote.get("virtualNodes", True), bool):
+        raise TenantControlPlaneError("spec.promoteResources.virtualNodes", "must be true or false")
+    level = promote.get("podSecurity", virtual_nodes.DEFAULT_POD_SECURITY)
+    if level not in virtual_nodes.POD_SECURITY_LEVELS:
+        raise TenantControlPlaneError(
+            "spec.promoteResources.podSecurity",
+            f"{level!r}; accepted: {', '.join(virtual_nodes.POD_SECURITY_LEVELS)}",
+        )
     for i, node in enumerate(promote.get("nodes") or []):
         if not isinstance(node, str) or not _DNS_NAME.match(node) or node.startswith("*"):
             raise TenantControlPlaneError(f"spec.promoteResources.nodes[{i}]", f"{node!r} is not a Node name")
@@ -605,6 +625,7 @@ SECRET_ROLES = (
     "admin-kubeconfig",
     "controller-manager-kubeconfig",
     "scheduler-kubeconfig",
+    "virtual-node-agent-kubeconfig",
 )
 ETCD_ROLES = ("etcd-ca", "etcd-server", "etcd-peer", "apiserver-etcd-client")
 
@@ -613,7 +634,24 @@ def secret_names(tcp: Obj) -> Dict[str, str]:
     """Role -> Secret name, for the roles this tenant needs (no etcd PKI with a shared etcd)."""
     name = tcp["metadata"]["name"]
     dedicated = spec_of(tcp)["datastore"]["type"] == "etcd"
-    return {role: f"{name}-{role}" for role in SECRET_ROLES if dedicated or role not in ETCD_ROLES}
+    return {
+        role: f"{name}-{role}"
+        for role in SECRET_ROLES
+        if (dedicated or role not in ETCD_ROLES)
+        and (role != "virtual-node-agent-kubeconfig" or deploys_virtual_nodes(tcp))
+    }
+
+
+def deploys_virtual_nodes(tcp: Obj) -> bool:
+    """Whether TCP's promoteResources go to virtual nodes (an agent deployed beside the control
+    plane), rather than only bounding its hosted nodes (promoteResources.virtualNodes: false)."""
+    promote = spec_of(tcp).get("promoteResources") or {}
+    return bool(promote.get("nodes") or promote.get("resources")) and promote.get("virtualNodes", True)
+
+
+def pods_namespace(tcp: Obj) -> str:
+    """The host namespace where the virtual nodes run the tenant's Pods."""
+    return virtual_nodes.pods_namespace(tcp["metadata"]["namespace"], tcp["metadata"]["name"])
 
 
 def certificates(tcp: Obj, service: Obj | None = None, node_addresses: Sequence[str] = ()) -> List[Cert]:
@@ -664,7 +702,12 @@ def kubeconfigs(tcp: Obj, service: Obj | None = None, node_addresses: Sequence[s
         ),
         Kubeconfig("controller-manager-kubeconfig", "system:kube-controller-manager", (), inside),
         Kubeconfig("scheduler-kubeconfig", "system:kube-scheduler", (), inside),
-    ]
+    ] + (
+        # One user for every Node the agent serves (virtual_nodes.tenant_agent_cluster_role).
+        [Kubeconfig("virtual-node-agent-kubeconfig", virtual_nodes.TENANT_AGENT_IDENTITY, (), inside)]
+        if deploys_virtual_nodes(tcp)
+        else []
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -890,6 +933,7 @@ def default_images(version: str) -> Dict[str, str]:
         APISERVER: f"{IMAGE_REPOSITORY}/kube-apiserver:{version}",
         CONTROLLER_MANAGER: f"{IMAGE_REPOSITORY}/kube-controller-manager:{version}",
         SCHEDULER: f"{IMAGE_REPOSITORY}/kube-scheduler:{version}",
+        VIRTUAL_NODE_AGENT: f"{IMAGE_REPOSITORY}/{VIRTUAL_NODE_AGENT}:{AGENT_IMAGE_TAG}",
     }
 
 
@@ -898,7 +942,9 @@ def selector_labels(tcp: Obj, component: str) -> Dict[str, str]:
 
 
 def labels(tcp: Obj, component: str) -> Dict[str, str]:
-    role = {ETCD: "datastore", "pki": "pki", "quota": "quota"}.get(component, "control-plane")
+    role = {ETCD: "datastore", "pki": "pki", "quota": "quota", VIRTUAL_NODE_AGENT: "virtual-nodes"}.get(
+        component, "control-plane"
+    )
     version = spec_of(tcp)["version"]
     if component == ETCD:
         version = BUILT_VERSIONS.get(version, {}).get("etcd", version)
@@ -1084,6 +1130,10 @@ def render(
     objects.append(_apiserver_service(tcp))
     objects.append(_render_controller(tcp, CONTROLLER_MANAGER, image[CONTROLLER_MANAGER], secrets, digests))
     objects.append(_render_controller(tcp, SCHEDULER, image[SCHEDULER], secrets, digests))
+    if deploys_virtual_nodes(tcp):
+        objects += _render_virtual_node_agent(
+            tcp, image[VIRTUAL_NODE_AGENT], secrets, digests, advertise_address
+        )
     if int(spec["replicas"]) > 1:
         objects += [
             _pdb(tcp, f"{name}-apiserver", APISERVER),
@@ -1104,9 +1154,12 @@ def quota_name(tcp: Obj) -> str:
 
 def _render_promoted(tcp: Obj) -> List[Obj]:
     """promoteResources.resources as a ResourceQuota on the namespace's Pod requests, and a
-    LimitRange giving containers without requests DEFAULT_REQUESTS (so they are admitted)."""
+    LimitRange giving containers without requests DEFAULT_REQUESTS (so they are admitted).
+    Not with virtual nodes: the resources are then the resources node's, bounded by the quota
+    in the Pods' namespace (virtual_nodes.pods_quota), and counting them here as well would
+    hand the tenant twice what it was given."""
     promoted = (spec_of(tcp).get("promoteResources") or {}).get("resources") or {}
-    if not promoted:
+    if not promoted or deploys_virtual_nodes(tcp):
         return []
     return [
         {
@@ -1275,6 +1328,183 @@ def _apiserver_service(tcp: Obj) -> Obj:
         "metadata": _metadata(tcp, service_name(tcp), APISERVER),
         "spec": {"type": exposure["type"], "selector": selector_labels(tcp, APISERVER), "ports": [port]},
     }
+
+
+def virtual_nodes_served(tcp: Obj) -> List[str]:
+    """The tenant's virtual Nodes: a mirror of each promoted host node, then the resources node."""
+    promote = spec_of(tcp).get("promoteResources") or {}
+    return [*(promote.get("nodes") or []), *([RESOURCES_NODE] if promote.get("resources") else [])]
+
+
+def agent_config(tcp: Obj, api_server_ip: str | None) -> Obj:
+    """The agent's configuration file (agent/rhizeption_agent/config.py): the tenant's Nodes, its
+    Pods namespace in the host, and where the tenant's Pods reach its API server (API_SERVER_IP,
+    the apiserver Service's cluster IP, once known)."""
+    promote = spec_of(tcp)["promoteResources"]
+    resources = dict(promote.get("resources") or {})
+    host_cluster: Obj = {
+        "kubeconfig": "",  # the Pod's ServiceAccount
+        "tenant": tcp["metadata"]["name"],
+        "namespace": pods_namespace(tcp),
+        "resources": {k: str(v) for k, v in resources.items()},
+        "nodes": list(promote.get("nodes") or []),
+        "pod_security": promote.get("podSecurity", virtual_nodes.DEFAULT_POD_SECURITY),
+        "cluster_domain": TENANT_CLUSTER_DOMAIN,
+        "api_server_port": API_PORT,
+        "resources_priority_class": virtual_nodes.RESOURCES_PRIORITY_CLASS if resources else "",
+    }
+    if api_server_ip:
+        host_cluster["api_server_ip"] = api_server_ip
+    return {
+        "node_name": RESOURCES_NODE,
+        "kubeconfig": f"{AGENT_DIR}/tenant/kubeconfig",
+        "backend": "hostcluster",
+        "state_dir": "/var/lib/rhizeption-agent",
+        "hostname_address": False,  # the Pod's name resolves nowhere in the tenant
+        "server": {"port": AGENT_PORT, "client_ca_file": f"{AGENT_DIR}/tenant-ca/ca.crt"},
+        "host_cluster": host_cluster,
+    }
+
+
+def _render_virtual_node_agent(
+    tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapping[str, str], api_server_ip: str | None
+) -> List[Obj]:
+    """The agent of the tenant's virtual nodes beside its control plane: its ServiceAccount (its
+    only right in the host is the RoleBinding in the Pods namespace, render_virtual_host_objects),
+    its configuration, and a Deployment of one (two agents would fight over the same Nodes).
+
+    The tenant's RBAC for the agent (virtual_nodes.tenant_agent_cluster_role) is applied by an
+    init container with the tenant's admin kubeconfig: only a holder of a role's rights may
+    create it, the module may not reach the tenant's API server, and the agent's own container
+    never mounts that kubeconfig."""
+    name = virtual_nodes.agent_name(tcp["metadata"]["name"])
+    config = json.dumps(agent_config(tcp, api_server_ip), indent=2, sort_keys=True)
+    rbac = json.dumps(
+        [virtual_nodes.tenant_agent_cluster_role(), virtual_nodes.tenant_agent_cluster_role_binding()],
+        indent=2,
+        sort_keys=True,
+    )
+    config_map: Obj = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(tcp, name, VIRTUAL_NODE_AGENT),
+        "data": {"config.yaml": config, "tenant-rbac.json": rbac},
+    }
+    account: Obj = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(tcp, name, VIRTUAL_NODE_AGENT),
+    }
+    volumes: List[Obj] = [
+        {"name": "config", "configMap": {"name": name}},
+        _secret_volume("tenant", secrets["virtual-node-agent-kubeconfig"]),
+        # The tenant's CA certificate only (the apiserver Secret's ca.crt, not its key): the
+        # agent's :10250 trusts the apiserver's client certificate by it.
+        {
+            "name": "tenant-ca",
+            "secret": {
+                "secretName": secrets["apiserver"],
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "defaultMode": SECRET_MODE,
+            },
+        },
+        _secret_volume("admin", secrets["admin-kubeconfig"]),
+        {"name": "state", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    secure = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    init: Obj = {
+        "name": "tenant-rbac",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "rhizeption_agent.apply"],
+        "args": [
+            f"--kubeconfig={AGENT_DIR}/admin/kubeconfig",
+            f"--server={internal_endpoint(tcp)}",
+            f"{AGENT_DIR}/config/tenant-rbac.json",
+        ],
+        "volumeMounts": [
+            _mount("config", f"{AGENT_DIR}/config"),
+            _mount("admin", f"{AGENT_DIR}/admin"),
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": secure,
+    }
+    agent: Obj = {
+        "name": VIRTUAL_NODE_AGENT,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "rhizeption_agent"],
+        "args": [f"--config={AGENT_DIR}/config/config.yaml"],
+        "ports": [{"name": "kubelet", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": AGENT_PORT}, "periodSeconds": 5},
+        "volumeMounts": [
+            _mount("config", f"{AGENT_DIR}/config"),
+            _mount("tenant", f"{AGENT_DIR}/tenant"),
+            _mount("tenant-ca", f"{AGENT_DIR}/tenant-ca"),
+            {"name": "state", "mountPath": "/var/lib/rhizeption-agent"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": secure,
+    }
+    resources = (spec_of(tcp).get("resources") or {}).get(RESOURCE_KEYS[VIRTUAL_NODE_AGENT])
+    if resources:
+        agent["resources"] = copy.deepcopy(resources)
+    pod_spec = _pod_spec(tcp, VIRTUAL_NODE_AGENT, agent, volumes, 1)
+    # Its host credentials are the ServiceAccount's token, mounted and rotated by the kubelet.
+    pod_spec.update(serviceAccountName=name, automountServiceAccountToken=True, initContainers=[init])
+    pki_digest = _digest(
+        digests, [secrets[r] for r in ("virtual-node-agent-kubeconfig", "apiserver", "admin-kubeconfig")]
+    )
+    # A changed configuration restarts the agent, as renewed credentials do.
+    digest = hashlib.sha256(f"{pki_digest}{config}{rbac}".encode()).hexdigest()[:16]
+    deployment: Obj = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(tcp, name, VIRTUAL_NODE_AGENT),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector_labels(tcp, VIRTUAL_NODE_AGENT)},
+            "strategy": {"type": "Recreate"},
+            "template": _template(tcp, VIRTUAL_NODE_AGENT, pod_spec, digest),
+        },
+    }
+    return [account, config_map, deployment]
+
+
+def render_virtual_host_objects(tcp: Obj) -> List[Obj]:
+    """What the virtual nodes need in the host outside the tenant's namespace, in the order to
+    apply them: the Pods namespace at its Pod Security level, the RoleBinding there of the
+    agent's ClusterRole, the quota of promoteResources.resources, and for mirror nodes the
+    ClusterRole reading those host Nodes and its binding. None of them can be owned by the
+    TenantControlPlane (an owner must be in the same namespace, or cluster-scoped): they carry
+    its labels instead, and ensure_absent deletes them. The agent's ClusterRole and the
+    PriorityClass the quota counts are the host admin's, installed once
+    (roles/tenant_control_plane/files/host-clusterrole.yaml)."""
+    if not deploys_virtual_nodes(tcp):
+        return []
+    ns, name = tcp["metadata"]["namespace"], tcp["metadata"]["name"]
+    promote = spec_of(tcp)["promoteResources"]
+    level = promote.get("podSecurity", virtual_nodes.DEFAULT_POD_SECURITY)
+    mine = {TENANT_LABEL: name, TENANT_NAMESPACE_LABEL: ns}
+    account = virtual_nodes.agent_name(name)
+    objects = [
+        virtual_nodes.pods_namespace_object(ns, name, level),
+        virtual_nodes.agent_role_binding(pods_namespace(tcp), account, ns),
+        virtual_nodes.pods_quota(ns, name, promote.get("resources") or {}),
+        virtual_nodes.host_node_reader(ns, name, promote.get("nodes") or []),
+        virtual_nodes.host_node_reader_binding(ns, name, promote.get("nodes") or [], account),
+    ]
+    out = []
+    for obj in objects:
+        if obj is not None:
+            obj["metadata"]["labels"] = {**obj["metadata"]["labels"], **mine}
+            out.append(obj)
+    return out
 
 
 def _render_etcd(tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapping[str, str]) -> List[Obj]:
@@ -1597,9 +1827,33 @@ RESOURCE_QUOTA = Resource("v1", "ResourceQuota", "resourcequotas")
 LIMIT_RANGE = Resource("v1", "LimitRange", "limitranges")
 _POD = Resource("v1", "Pod", "pods")
 HNCLUSTER = Resource(API_VERSION, "HnCluster", "hnclusters")
+SERVICE_ACCOUNT = Resource("v1", "ServiceAccount", "serviceaccounts")
+CONFIG_MAP = Resource("v1", "ConfigMap", "configmaps")
+NAMESPACE = Resource("v1", "Namespace", "namespaces", namespaced=False)
+_RBAC = "rbac.authorization.k8s.io/v1"
+ROLE_BINDING = Resource(_RBAC, "RoleBinding", "rolebindings")
+CLUSTER_ROLE = Resource(_RBAC, "ClusterRole", "clusterroles", namespaced=False)
+CLUSTER_ROLE_BINDING = Resource(_RBAC, "ClusterRoleBinding", "clusterrolebindings", namespaced=False)
+PRIORITY_CLASS = Resource("scheduling.k8s.io/v1", "PriorityClass", "priorityclasses", namespaced=False)
 RESOURCES = {
     r.kind: r
-    for r in (SECRET, SERVICE, PVC, STATEFULSET, DEPLOYMENT, PDB, NETWORK_POLICY, RESOURCE_QUOTA, LIMIT_RANGE)
+    for r in (
+        SECRET,
+        SERVICE,
+        PVC,
+        STATEFULSET,
+        DEPLOYMENT,
+        PDB,
+        NETWORK_POLICY,
+        RESOURCE_QUOTA,
+        LIMIT_RANGE,
+        SERVICE_ACCOUNT,
+        CONFIG_MAP,
+        NAMESPACE,
+        ROLE_BINDING,
+        CLUSTER_ROLE,
+        CLUSTER_ROLE_BINDING,
+    )
 }
 # How far a tenant has come; waiting for one phase is satisfied by any later one.
 PROGRESS = {"Pending": 0, "Provisioning": 1, "Initialized": 2, "Ready": 3}
@@ -1643,7 +1897,7 @@ def reached(phase: str, wanted: str) -> bool:
 
 
 def _path(obj: Obj) -> str:
-    return RESOURCES[obj["kind"]].path(obj["metadata"]["namespace"], obj["metadata"]["name"])
+    return RESOURCES[obj["kind"]].path(obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
 
 def _content(obj: Obj | None) -> Obj | None:
@@ -1735,7 +1989,31 @@ def status_now(kube: Kube, tcp: Obj, *, now: str | None = None) -> Obj:
             used = status_of(quota).get("used") or {}
             promoted["used"] = {k.split(".", 1)[1]: v for k, v in used.items() if k.startswith("requests.")}
         status["promotedResources"] = promoted
+    if deploys_virtual_nodes(tcp):
+        status["virtualNodes"] = virtual_nodes_status(kube, tcp)
     return status
+
+
+def virtual_nodes_status(kube: Kube, tcp: Obj) -> Obj:
+    """The tenant's virtual Nodes as the host sees them: their names, the Pods namespace, how
+    many tenant Pods run there, and the agent's state (phase, message), which serves them."""
+    ns = pods_namespace(tcp)
+    agent = kube.get(DEPLOYMENT.path(meta(tcp, "namespace"), virtual_nodes.agent_name(meta(tcp, "name"))))
+    phase, message = _workload_state({**agent, "kind": "Deployment"} if agent else None)
+    try:
+        pods, _unused = kube.list(
+            _POD.path(ns), label_selector=f"{virtual_nodes.TENANT_POD_LABEL}={meta(tcp, 'name')}"
+        )
+    except KubeError as e:
+        if e.status != 404:
+            raise
+        pods = []
+    return {
+        "nodes": virtual_nodes_served(tcp),
+        "podsNamespace": ns,
+        "hostPods": len(pods),
+        "agent": {"phase": phase, "message": message},
+    }
 
 
 def write_status(kube: Kube, tcp: Obj, status: Obj) -> Obj:
@@ -1745,7 +2023,9 @@ def write_status(kube: Kube, tcp: Obj, status: Obj) -> Obj:
 def _apply(kube: Kube, obj: Obj, out: Outcome, dry_run: bool) -> Obj:
     """Apply OBJ and record whether that created or changed it."""
     before = kube.get(_path(obj))
-    what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+    what = (
+        f"{obj['kind']} {'/'.join(filter(None, (obj['metadata'].get('namespace'), obj['metadata']['name'])))}"
+    )
     after = kube.apply(_path(obj), obj, dry_run=dry_run, what=what)
     label = f"{obj['kind']} {obj['metadata']['name']}"
     if before is None:
@@ -1791,6 +2071,11 @@ def reconcile_objects(
     advertise = cluster_ip if cluster_ip and _is_ip(cluster_ip) else None
     apiserver: Obj = {}
     upgrading = upgrade_pending(tcp) and not dry_run
+    for obj in render_virtual_host_objects(tcp):
+        if obj["kind"] == "Namespace":
+            _ensure_pods_namespace(kube, obj, out, dry_run)
+        else:
+            _apply(kube, obj, out, dry_run)
     for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise):
         if obj is service_obj or (obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)):
             continue
@@ -1803,6 +2088,57 @@ def reconcile_objects(
             _wait_rolled_out(kube, apiserver, spec_of(tcp)["version"], timeout)
             upgrading = False
         _apply(kube, obj, out, dry_run)
+
+
+def _ensure_pods_namespace(kube: Kube, want: Obj, out: Outcome, dry_run: bool) -> None:
+    """Create the virtual nodes' Pods namespace when it is missing. One that exists is only
+    read: the deployer holds no patch on namespaces (that would let it relabel any namespace's
+    Pod Security level), so a changed level is refused with the fix."""
+    name = want["metadata"]["name"]
+    current = kube.get(NAMESPACE.path(None, name))
+    if current is None:
+        # A create (POST), not an apply: server-side apply is a patch, which RBAC asks of the
+        # deployer even for a new object.
+        query = [("fieldManager", kube.field_manager)] + ([("dryRun", "All")] if dry_run else [])
+        kube.request("POST", NAMESPACE.path(), query=query, body=want, what=f"create Namespace {name}")
+        out.created.append(f"Namespace {name}")
+        return
+    labels_now = meta(current, "labels") or {}
+    if (
+        labels_now.get(TENANT_LABEL) != want["metadata"]["labels"][TENANT_LABEL]
+        or labels_now.get(TENANT_NAMESPACE_LABEL) != want["metadata"]["labels"][TENANT_NAMESPACE_LABEL]
+    ):
+        raise TenantControlPlaneError(
+            "metadata.name",
+            f"namespace {name} exists and is not this tenant's Pods namespace; give the tenant another"
+            " name or remove that namespace",
+        )
+    enforce = "pod-security.kubernetes.io/enforce"
+    if labels_now.get(enforce) != want["metadata"]["labels"][enforce]:
+        raise TenantControlPlaneError(
+            "spec.promoteResources.podSecurity",
+            f"namespace {name} enforces {labels_now.get(enforce)!r}, not"
+            f" {want['metadata']['labels'][enforce]!r}; a host admin changes it with"
+            f" `kubectl label --overwrite namespace {name} {enforce}=LEVEL` (and warn, audit)",
+        )
+
+
+def check_virtual_node_prerequisites(kube: Kube, tcp: Obj) -> None:
+    """Refuse, before anything is written, virtual nodes that cannot work: the agent's
+    ClusterRole and the quota's PriorityClass are the host admin's, installed once."""
+    if not deploys_virtual_nodes(tcp):
+        return
+    needed = [(CLUSTER_ROLE, virtual_nodes.AGENT_NAME)]
+    if (spec_of(tcp)["promoteResources"]).get("resources"):
+        needed.append((PRIORITY_CLASS, virtual_nodes.RESOURCES_PRIORITY_CLASS))
+    for resource, name in needed:
+        if kube.get(resource.path(None, name)) is None:
+            raise TenantControlPlaneError(
+                "spec.promoteResources",
+                f"the host cluster has no {resource.kind} {name}, which virtual nodes need: a cluster"
+                " admin applies roles/tenant_control_plane/files/host-clusterrole.yaml once"
+                " (or set promoteResources.virtualNodes: false)",
+            )
 
 
 def upgrade_pending(tcp: Obj) -> bool:
@@ -1867,7 +2203,8 @@ def ensure_present(
         if SHARED_KEYS_FINALIZER not in finalizers:
             finalizers.append(SHARED_KEYS_FINALIZER)
     check_names_free(kube, want, out.before)
-    if (spec_of(want).get("promoteResources") or {}).get("resources"):
+    check_virtual_node_prerequisites(kube, want)
+    if (spec_of(want).get("promoteResources") or {}).get("resources") and not deploys_virtual_nodes(want):
         neighbours, _unused = kube.list(TENANT_CONTROL_PLANE.path(ns))
         clusters, _unused = kube.list(HNCLUSTER.path(ns))
         mine = [
@@ -1888,7 +2225,10 @@ def ensure_present(
         # Nothing of it exists yet: everything would be created.
         probe = copy.deepcopy(applied)
         probe["metadata"]["uid"] = _PLACEHOLDER_UID
-        out.created += [f"{o['kind']} {o['metadata']['name']}" for o in _children(probe)]
+        out.created += [
+            f"{o['kind']} {o['metadata']['name']}"
+            for o in [*_children(probe), *render_virtual_host_objects(probe)]
+        ]
         out.changed = True
         return out
     try:
@@ -1975,13 +2315,15 @@ def ensure_absent(
     tcp = kube.get(path)
     out = Outcome(before=tcp)
     claims = [] if keep_datastore else _claims(kube, namespace, name)
-    if tcp is None and not claims:
+    outside = _virtual_host_objects(kube, namespace, name)
+    if tcp is None and not claims and not outside:
         return out
     out.changed = True
     shared = tcp is not None and spec_of(tcp)["datastore"]["type"] == "shared"
     if tcp is not None:
         out.deleted.append(f"TenantControlPlane {name}")
     out.deleted += [f"PersistentVolumeClaim {meta(c, 'name')}" for c in claims]
+    out.deleted += [f"{o['kind']} {meta(o, 'name')}" for o in outside]
     if check_mode:
         if shared and not keep_datastore:
             out.deleted.append(f"the keys under {shared_prefix(tcp)}/ in the shared etcd")
@@ -1997,6 +2339,12 @@ def ensure_absent(
         if SHARED_KEYS_FINALIZER in (meta(tcp, "finalizers") or []):
             _release_shared_keys(kube, tcp, out, keep=keep_datastore, images=images, timeout=timeout)
         _wait_gone(kube, TENANT_CONTROL_PLANE.path(namespace), name, timeout, "TenantControlPlane")
+    # After the agent is gone with the tenant: it would otherwise make again what goes here.
+    for obj in _virtual_host_objects(kube, namespace, name):
+        kube.delete(_path(obj), uid=meta(obj, "uid"), what=f"delete {obj['kind']} {meta(obj, 'name')}")
+    for obj in outside:
+        if obj["kind"] == "Namespace":  # its Pods, copies and quota go with it
+            _wait_gone(kube, NAMESPACE.path(), meta(obj, "name"), timeout, "Namespace")
     for claim in _claims(kube, namespace, name) if not keep_datastore else []:
         kube.delete(PVC.path(namespace, meta(claim, "name")), uid=meta(claim, "uid"))
     if not keep_datastore:
@@ -2010,6 +2358,18 @@ def ensure_absent(
                 f" are still there after {timeout:.0f} s",
             )
     return out
+
+
+def _virtual_host_objects(kube: Kube, namespace: str, name: str) -> List[Obj]:
+    """What render_virtual_host_objects made for tenant NAMESPACE/NAME outside its namespace
+    (found by its labels, so a tenant already gone still gets them removed); the RoleBinding and
+    quota in the Pods namespace go with it."""
+    selector = f"{TENANT_LABEL}={name},{TENANT_NAMESPACE_LABEL}={namespace}"
+    found: List[Obj] = []
+    for resource in (NAMESPACE, CLUSTER_ROLE_BINDING, CLUSTER_ROLE):
+        items, _unused = kube.list(resource.path(), label_selector=selector)
+        found += [{**o, "kind": resource.kind} for o in items]
+    return found
 
 
 def _release_shared_keys(

@@ -9,8 +9,9 @@ this module holds what both sides must agree on and the deployer applies:
   host admin's choice (default ``baseline``) whatever the control plane's namespace runs
   (hosted-node Pods are privileged), and the agent's rights on Secrets there never reach
   the control plane's PKI;
-- the agent's Role in that namespace: k3v's list (pods, services, endpoints, configmaps,
-  secrets, persistentvolumeclaims) and what logs, exec, port-forward and status need;
+- the agent's rights in that namespace: k3v's list (pods, services, endpoints, configmaps,
+  secrets, persistentvolumeclaims) and what logs, exec, port-forward and status need, as one
+  ClusterRole installed once and bound per tenant in its Pods namespace only;
 - for the resources node, a quota of the promoted cpu and memory on the requests of its Pods
   (marked by a PriorityClass), so the host never runs more than the tenant was handed;
 - for mirror nodes only, a ClusterRole that reads the promoted host Nodes, by name;
@@ -37,6 +38,9 @@ TENANT_AGENT_IDENTITY = "rhizeption:virtual-node-agent"  # its user in the tenan
 # only (a scope), not the Pods of mirror nodes, which their host nodes bound instead.
 RESOURCES_PRIORITY_CLASS = "rhizeption-virtual-resources"
 MAX_NAMESPACE = 63
+# The label naming the tenant on every host object the agent makes (names.TENANT_LABEL in
+# agent/rhizeption_agent/backends/hostcluster; a unit test keeps the two the same).
+TENANT_POD_LABEL = "virtual.rhizeption.io/tenant"
 _CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
 # Each rule says why it is there; nothing else is granted.
@@ -139,23 +143,35 @@ def pods_quota(tenant_namespace: str, tenant: str, resources: Mapping[str, str])
     }
 
 
-def agent_role(namespace: str) -> Obj:
+def agent_name(tenant: str) -> str:
+    """The name of tenant TENANT's agent: its ServiceAccount, ConfigMap and Deployment beside the
+    control plane (several tenants may share a namespace), and its RoleBinding in the Pods'."""
+    return f"{tenant}-virtual-node-agent"
+
+
+def agent_cluster_role() -> Obj:
+    """AGENT_ROLE_RULES as a ClusterRole that the host admin installs once (with the deployer's
+    in roles/tenant_control_plane/files/host-clusterrole.yaml). It grants nothing by itself:
+    each tenant's RoleBinding (agent_role_binding) grants it in that tenant's Pods namespace
+    only, so every agent holds one namespaced role. A ClusterRole, not a Role per namespace,
+    because RBAC lets the deployer bind a named ClusterRole (``bind`` on it) but create a
+    Role only with rights it holds itself, which would be every agent's rights everywhere."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": AGENT_NAME, "namespace": namespace, "labels": dict(MANAGED_BY)},
+        "kind": "ClusterRole",
+        "metadata": {"name": AGENT_NAME, "labels": dict(MANAGED_BY)},
         "rules": [dict(rule, verbs=list(rule["verbs"])) for rule in AGENT_ROLE_RULES],
     }
 
 
 def agent_role_binding(namespace: str, service_account: str, service_account_namespace: str) -> Obj:
-    """Binds the agent's Role in NAMESPACE to its service account (which lives beside the
-    control plane, in SERVICE_ACCOUNT_NAMESPACE)."""
+    """Grants agent_cluster_role in NAMESPACE (the tenant's Pods namespace) to the agent's
+    SERVICE_ACCOUNT, which lives beside the control plane in SERVICE_ACCOUNT_NAMESPACE."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": {"name": AGENT_NAME, "namespace": namespace, "labels": dict(MANAGED_BY)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AGENT_NAME},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT_NAME},
         "subjects": [
             {"kind": "ServiceAccount", "name": service_account, "namespace": service_account_namespace}
         ],
@@ -188,9 +204,10 @@ def host_node_reader(tenant_namespace: str, tenant: str, nodes: Sequence[str]) -
 
 
 def host_node_reader_binding(
-    tenant_namespace: str, tenant: str, nodes: Sequence[str], service_account_namespace: str
+    tenant_namespace: str, tenant: str, nodes: Sequence[str], service_account: str
 ) -> Obj | None:
-    """Binds host_node_reader to the agent's service account; None without promoted nodes."""
+    """Binds host_node_reader to the agent's SERVICE_ACCOUNT (in TENANT_NAMESPACE); None
+    without promoted nodes."""
     reader = host_node_reader(tenant_namespace, tenant, nodes)
     if reader is None:
         return None
@@ -200,7 +217,7 @@ def host_node_reader_binding(
         "kind": "ClusterRoleBinding",
         "metadata": {"name": name, "labels": dict(MANAGED_BY)},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": service_account_namespace}],
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": tenant_namespace}],
     }
 
 

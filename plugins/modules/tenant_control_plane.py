@@ -26,8 +26,19 @@ description:
   - Check mode sends every object to the API server as a dry run. It validates them and reports what would be
     created or changed, without writing. Diff mode shows the TenantControlPlane before and after. Key material
     is never returned or shown.
-  - Deleting removes the TenantControlPlane and waits until everything it owned is gone. Its etcd volumes, or
-    its keys in a shared etcd, go too unless O(keep_datastore=true).
+  - With C(promoteResources) the tenant also gets virtual nodes (C(docs/virtual-nodes.md)). An agent is
+    deployed beside its control plane (a Deployment of one, its ServiceAccount and configuration) and gives
+    the tenant a mirror Node per promoted host node and a Node C(virtual-resources) of the promoted cpu and
+    memory. The tenant's Pods on them run as Pods of the host cluster, in the namespace
+    C(<namespace>-<name>-pods), whose Pod Security level is C(promoteResources.podSecurity). There the agent
+    has one RoleBinding of the ClusterRole C(rhizeption-virtual-node-agent); a quota holds the promoted cpu
+    and memory. A cluster admin applies C(roles/tenant_control_plane/files/host-clusterrole.yaml) once
+    first. It holds that ClusterRole, the PriorityClass the quota counts, and the deployer's own rights.
+    With C(promoteResources.virtualNodes=false) the promoted resources only bound the tenant's hosted nodes.
+  - Deleting removes the TenantControlPlane and waits until everything it owned is gone. The virtual nodes'
+    Pods namespace goes as well, with every tenant Pod in it, and so does the ClusterRole that reads the
+    promoted host nodes. Its etcd volumes, or its keys in a shared etcd, go too unless
+    O(keep_datastore=true).
 author:
   - rhizeption.core developers (@rhizeption)
 options:
@@ -64,10 +75,11 @@ options:
   images:
     description:
       - Images of the components, by component (C(etcd), C(kube-apiserver), C(kube-controller-manager),
-        C(kube-scheduler)), for example from a registry of your own. With O(state=absent) the C(etcd) image
-        runs the removal of a shared etcd's keys.
+        C(kube-scheduler), C(virtual-node-agent)), for example from a registry of your own. With
+        O(state=absent) the C(etcd) image runs the removal of a shared etcd's keys.
       - A component not named here runs the image C(hack/build-images) builds on this machine,
-        C(localhost/rhizeption/<component>:<version>), which the host cluster's runtime must hold already.
+        C(localhost/rhizeption/<component>:<version>), which the host cluster's runtime must hold already. The
+        agent's tag is the collection's version (C(localhost/rhizeption/virtual-node-agent:0.1.0)).
     type: dict
   wait:
     description: Wait until the tenant reaches O(wait_for) (or a later phase), following its Pods.

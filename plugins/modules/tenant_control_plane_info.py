@@ -13,6 +13,9 @@ description:
     them, as the API server returns them (spec and status). Status names the admin kubeconfig's Secret,
     never key material.
   - The label filter is applied by the API server; the phase filter is applied to the result.
+  - A tenant with virtual nodes (C(promoteResources)) reports them in C(status.virtualNodes), read from the
+    host cluster when the module runs. It gives their Node names, the host namespace of their Pods, how
+    many Pods run there, and the state of the agent that serves them.
 author:
   - rhizeption.core developers (@rhizeption)
 options:
@@ -72,6 +75,11 @@ tenant_control_planes:
         phase: Ready
         endpoint: https://blue.tenants.svc:6443
         adminKubeconfigSecret: blue-admin-kubeconfig
+        virtualNodes:
+          nodes: [node-a, virtual-resources]
+          podsNamespace: tenants-blue-pods
+          hostPods: 3
+          agent: {phase: Ready, message: 1 of 1 ready, 1 updated}
 """
 
 from ansible_collections.rhizeption.core.plugins.module_utils import hn_module  # noqa: E402
@@ -79,6 +87,8 @@ from ansible_collections.rhizeption.core.plugins.module_utils.hn_api import stat
 from ansible_collections.rhizeption.core.plugins.module_utils.tenant_control_plane import (  # noqa: E402
     PHASES,
     TENANT_CONTROL_PLANE,
+    deploys_virtual_nodes,
+    virtual_nodes_status,
 )
 
 
@@ -102,6 +112,10 @@ def main() -> None:
         if p["phase"]:
             items = [t for t in items if status_of(t).get("phase", "Pending") in p["phase"]]
         items.sort(key=lambda t: (t["metadata"]["namespace"], t["metadata"]["name"]))
+        for tcp in items:
+            # As the host sees them now, not as the last apply wrote them.
+            if deploys_virtual_nodes(tcp):
+                tcp.setdefault("status", {})["virtualNodes"] = virtual_nodes_status(kube, tcp)
         return {"changed": False, "tenant_control_planes": items}
 
     hn_module.run(mod, body)

@@ -15,7 +15,6 @@ from pathlib import Path
 import hosted
 import kubernetes
 import pytest
-import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from riglib.controlplane import COMPONENTS, ControlPlane
 from riglib.node import HostCluster, image_archive
@@ -292,21 +291,20 @@ def host(host_cluster, host_api_client, run_playbook, tmp_path_factory, tenants_
     name with a kubeconfig of its own, and the namespace TENANTS_NAMESPACE for the tenants
     (a module that uses `host` defines that fixture: each module gets a namespace of its
     own, as the last one's may still be terminating). tenanthost.py has the helpers."""
-    from tenanthost import CLUSTER_ROLE, OPERATOR
+    from tenanthost import DEPLOYER_ROLE, OPERATOR, install_host_objects, remove_host_objects
 
     crds = run_playbook(PLAYBOOKS / "crds.yml", extra_vars={"kubeconfig": str(host_cluster.kubeconfig)})
     assert crds.rc == 0, crds.failures
     rbac = kubernetes.client.RbacAuthorizationV1Api(host_api_client)
     core = kubernetes.client.CoreV1Api(host_api_client)
-    role = yaml.safe_load(CLUSTER_ROLE.read_text())
-    rbac.create_cluster_role(role)
+    made = install_host_objects(host_api_client)
     rbac.create_cluster_role_binding(
         {
             "metadata": {"name": OPERATOR},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": role["metadata"]["name"],
+                "name": DEPLOYER_ROLE,
             },
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR}],
         }
@@ -328,4 +326,4 @@ def host(host_cluster, host_api_client, run_playbook, tmp_path_factory, tenants_
         for pv in core.list_persistent_volume(label_selector="rhizeption-test=tenant").items:
             core.delete_persistent_volume(pv.metadata.name)
         rbac.delete_cluster_role_binding(OPERATOR)
-        rbac.delete_cluster_role(role["metadata"]["name"])
+        remove_host_objects(host_api_client, made)

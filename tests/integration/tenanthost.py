@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import kubernetes
+import yaml
 from conftest import PLAYBOOKS
 
 import benchmarks.tenant_control_plane
@@ -18,6 +19,34 @@ TENANT_LABEL = "hn.rhizeption.io/tenant"
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_ROLE = REPO / "roles" / "tenant_control_plane" / "files" / "host-clusterrole.yaml"
 OPERATOR = "rhizeption-host-operator"
+DEPLOYER_ROLE = "rhizeption-tenant-control-planes"  # the file's first ClusterRole
+
+
+def install_host_objects(api_client) -> list[tuple[str, str]]:
+    """What a cluster admin installs once from host-clusterrole.yaml: the deployer's ClusterRole,
+    the virtual-node agent's ClusterRole and its quota's PriorityClass. Returns (kind, name) of
+    those this call made (one already there, as another module's, is left alone)."""
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+    scheduling = kubernetes.client.SchedulingV1Api(api_client)
+    create = {"ClusterRole": rbac.create_cluster_role, "PriorityClass": scheduling.create_priority_class}
+    made = []
+    for doc in yaml.safe_load_all(CLUSTER_ROLE.read_text()):
+        try:
+            create[doc["kind"]](doc)
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:
+                raise
+            continue
+        made.append((doc["kind"], doc["metadata"]["name"]))
+    return made
+
+
+def remove_host_objects(api_client, made: list[tuple[str, str]]) -> None:
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+    scheduling = kubernetes.client.SchedulingV1Api(api_client)
+    delete = {"ClusterRole": rbac.delete_cluster_role, "PriorityClass": scheduling.delete_priority_class}
+    for kind, name in made:
+        delete[kind](name)
 
 
 def etcd_volume(host, tenant: str) -> None:
@@ -35,6 +64,16 @@ def apply(run_playbook, host, *args: str, **task):
         extra_vars={"module": "tenant_control_plane", "task": task, "kubeconfig": str(host["operator"])},
     )
     (result,) = played.task_results("Run tenant_control_plane")
+    return result
+
+
+def run_info(run_playbook, host, **task):
+    """One tenant_control_plane_info task, run as the operator; its result."""
+    played = run_playbook(
+        PLAYBOOKS / "tenant_module.yml",
+        extra_vars={"module": "tenant_control_plane_info", "task": task, "kubeconfig": str(host["operator"])},
+    )
+    (result,) = played.task_results("Run tenant_control_plane_info")
     return result
 
 

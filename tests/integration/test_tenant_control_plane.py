@@ -14,9 +14,9 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from conftest import KWOK_PLACEMENT, PLAYBOOKS
+from tenanthost import DEPLOYER_ROLE, install_host_objects, remove_host_objects
 
 GROUP, VERSION, PLURAL = "hn.rhizeption.io", "v1alpha1", "tenantcontrolplanes"
 TENANT_LABEL = "hn.rhizeption.io/tenant"
@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("hn_crds", "kwok_node")
 
 
-CLUSTER_ROLE = REPO / "roles" / "tenant_control_plane" / "files" / "host-clusterrole.yaml"
 OPERATOR = "rhizeption-operator"
 
 
@@ -34,14 +33,13 @@ def operator_kubeconfig(control_plane, api_client, tmp_path_factory):
     """A kubeconfig of a user who has the documented ClusterRole and nothing else: the
     modules run with it, never as the host's cluster-admin."""
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
-    role = yaml.safe_load(CLUSTER_ROLE.read_text())
-    rbac.create_cluster_role(role)
+    made = install_host_objects(api_client)
     binding = {
         "metadata": {"name": OPERATOR},
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
-            "name": role["metadata"]["name"],
+            "name": DEPLOYER_ROLE,
         },
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR}],
     }
@@ -52,7 +50,7 @@ def operator_kubeconfig(control_plane, api_client, tmp_path_factory):
         yield path
     finally:
         rbac.delete_cluster_role_binding(OPERATOR)
-        rbac.delete_cluster_role(role["metadata"]["name"])
+        remove_host_objects(api_client, made)
 
 
 @pytest.fixture
@@ -339,7 +337,8 @@ def test_promoted_resources_are_a_quota_reported_in_status(
             },
         },
     )
-    small = spec(promoteResources={"resources": {"cpu": "2", "memory": "4Gi"}})
+    # Resources that only bound hosted nodes (issue #8): no virtual nodes.
+    small = spec(promoteResources={"resources": {"cpu": "2", "memory": "4Gi"}, "virtualNodes": False})
     refused = tcp(name="quota", namespace=namespace, spec=small)
     assert refused.get("failed") is True
     assert refused["msg"] == (
@@ -349,7 +348,7 @@ def test_promoted_resources_are_a_quota_reported_in_status(
     assert custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []
 
     etcd_volume(namespace, "quota")
-    enough = spec(promoteResources={"resources": {"cpu": "4", "memory": "4Gi"}})
+    enough = spec(promoteResources={"resources": {"cpu": "4", "memory": "4Gi"}, "virtualNodes": False})
     made = tcp(name="quota", namespace=namespace, spec=enough, wait=True, wait_timeout=120)
     assert made.get("failed") is not True, made.get("msg")
     quota = core.read_namespaced_resource_quota("quota-promoted", namespace)

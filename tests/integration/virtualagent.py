@@ -23,6 +23,7 @@ from petagent import AgentProcess, free_port, node_kubeconfig, user_kubeconfig
 from rhizeption_agent.node import default_ip
 from riglib.controlplane import ControlPlane
 from riglib.node import HostCluster
+from tenanthost import install_host_objects, remove_host_objects
 
 from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
 from ansible_collections.rhizeption.core.plugins.module_utils.hosted_node import token_kubeconfig  # isort: skip
@@ -57,19 +58,6 @@ def _tenant_identity(tenant: ControlPlane, tcore_api: kubernetes.client.ApiClien
     return user_kubeconfig(tenant.workdir, tenant.server, virtual_nodes.TENANT_AGENT_IDENTITY)
 
 
-def _ensure_priority_class(host_api: kubernetes.client.ApiClient) -> bool:
-    """The PriorityClass the quota counts (one for every tenant); True if this call made it."""
-    try:
-        kubernetes.client.SchedulingV1Api(host_api).create_priority_class(
-            virtual_nodes.resources_priority_class()
-        )
-    except kubernetes.client.ApiException as e:
-        if e.status != 409:
-            raise
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def running_virtual_agent(
     host_cluster: HostCluster,
@@ -92,27 +80,27 @@ def running_virtual_agent(
     agent_ns = f"t-virtual-{suffix}"
     pods_ns = virtual_nodes.pods_namespace(agent_ns, tenant_name)
     reader = virtual_nodes.host_node_reader(agent_ns, tenant_name, nodes)
+    account = virtual_nodes.agent_name(tenant_name)
     agent = None
-    made_class = False
+    made = []
     try:
+        made = install_host_objects(host_api)
         hcore.create_namespace({"metadata": {"name": agent_ns}})
         hcore.create_namespace(virtual_nodes.pods_namespace_object(agent_ns, tenant_name))
-        hcore.create_namespaced_service_account(agent_ns, {"metadata": {"name": virtual_nodes.AGENT_NAME}})
-        rbac.create_namespaced_role(pods_ns, virtual_nodes.agent_role(pods_ns))
+        hcore.create_namespaced_service_account(agent_ns, {"metadata": {"name": account}})
         rbac.create_namespaced_role_binding(
-            pods_ns, virtual_nodes.agent_role_binding(pods_ns, virtual_nodes.AGENT_NAME, agent_ns)
+            pods_ns, virtual_nodes.agent_role_binding(pods_ns, account, agent_ns)
         )
-        made_class = _ensure_priority_class(host_api) if resources else False
         quota = virtual_nodes.pods_quota(agent_ns, tenant_name, resources)
         if quota is not None:
             hcore.create_namespaced_resource_quota(pods_ns, quota)
         if reader is not None:
             rbac.create_cluster_role(reader)
             rbac.create_cluster_role_binding(
-                virtual_nodes.host_node_reader_binding(agent_ns, tenant_name, nodes, agent_ns)
+                virtual_nodes.host_node_reader_binding(agent_ns, tenant_name, nodes, account)
             )
         token = hcore.create_namespaced_service_account_token(
-            virtual_nodes.AGENT_NAME, agent_ns, {"spec": {"expirationSeconds": 3600}}
+            account, agent_ns, {"spec": {"expirationSeconds": 3600}}
         ).status.token
         (workdir / "host.kubeconfig").write_text(host_kubeconfig(host_cluster, token))
         (workdir / "node.kubeconfig").write_bytes(_tenant_identity(tenant, tclient, several=bool(nodes)))
@@ -160,11 +148,7 @@ def running_virtual_agent(
         for ns in (pods_ns, agent_ns):
             with contextlib.suppress(kubernetes.client.ApiException):
                 hcore.delete_namespace(ns, grace_period_seconds=0)
-        if made_class:
-            with contextlib.suppress(kubernetes.client.ApiException):
-                kubernetes.client.SchedulingV1Api(host_api).delete_priority_class(
-                    virtual_nodes.RESOURCES_PRIORITY_CLASS
-                )
+        remove_host_objects(host_api, made)
         if reader is not None:
             name = reader["metadata"]["name"]
             with contextlib.suppress(kubernetes.client.ApiException):

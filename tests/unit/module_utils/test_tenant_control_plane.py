@@ -1106,14 +1106,18 @@ def test_a_quantity_that_is_not_one_is_refused():
 
 
 def test_promoted_resources_render_a_quota_and_default_requests():
-    objects = by_name(tcpmod.render(tcp(promoteResources={"resources": {"cpu": "8", "memory": "16Gi"}})))
+    hosted_only = {"resources": {"cpu": "8", "memory": "16Gi"}, "virtualNodes": False}
+    objects = by_name(tcpmod.render(tcp(promoteResources=hosted_only)))
     quota = objects[("ResourceQuota", "blue-promoted")]
     assert quota["spec"]["hard"] == {"requests.cpu": "8", "requests.memory": "16Gi"}
     assert quota["metadata"]["ownerReferences"][0]["uid"] == "blue-uid"
     limits = objects[("LimitRange", "blue-promoted")]["spec"]["limits"]
     assert limits == [{"type": "Container", "defaultRequest": {"cpu": "100m", "memory": "128Mi"}}]
     # Before the workloads, so their Pods get the default requests.
-    kinds = [o["kind"] for o in tcpmod.render(tcp(promoteResources={"resources": {"cpu": "8"}}))]
+    kinds = [
+        o["kind"]
+        for o in tcpmod.render(tcp(promoteResources={"resources": {"cpu": "8"}, "virtualNodes": False}))
+    ]
     assert kinds.index("LimitRange") < kinds.index("StatefulSet")
     assert not [
         o for o in tcpmod.render(tcp(promoteResources={"nodes": ["a"]})) if o["kind"] == "ResourceQuota"

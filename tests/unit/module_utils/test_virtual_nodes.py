@@ -1,4 +1,4 @@
-"""The host side of virtual nodes: the agent's one Role (k3v's list plus logs, exec,
+"""The host side of virtual nodes: the agent's one role (k3v's list plus logs, exec,
 port-forward and events, nothing more), the Pods' namespace and its Pod Security level,
 and the read-only access to promoted host Nodes."""
 
@@ -14,21 +14,25 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CRUD = ("get", "list", "watch", "create", "update", "patch", "delete")
 
 
-def test_the_role_is_namespaced_and_named():
-    role = vn.agent_role("tenants-blue-pods")
-    assert role["kind"] == "Role"
-    assert role["metadata"] == {
-        "name": vn.AGENT_NAME,
-        "namespace": "tenants-blue-pods",
-        "labels": vn.MANAGED_BY,
-    }
+def test_the_role_is_one_cluster_role_bound_in_the_pods_namespace_only():
+    role = vn.agent_cluster_role()
+    assert role["kind"] == "ClusterRole"
+    assert role["metadata"] == {"name": vn.AGENT_NAME, "labels": vn.MANAGED_BY}
+    binding = vn.agent_role_binding("tenants-blue-pods", "blue-virtual-node-agent", "tenants")
+    # A RoleBinding grants a ClusterRole's rules in its own namespace only.
+    assert binding["kind"] == "RoleBinding"
+    assert binding["metadata"]["namespace"] == "tenants-blue-pods"
+
+
+def test_the_agent_is_named_after_its_tenant():
+    assert vn.agent_name("blue") == "blue-virtual-node-agent"
 
 
 @pytest.mark.parametrize(
     "resource", ["pods", "services", "endpoints", "configmaps", "secrets", "persistentvolumeclaims"]
 )
 def test_the_role_grants_k3vs_list(resource):
-    rules = vn.agent_role("n")["rules"]
+    rules = vn.agent_cluster_role()["rules"]
     for verb in CRUD:
         assert vn.allows(rules, resource, verb), (resource, verb)
 
@@ -38,7 +42,7 @@ def test_the_role_grants_k3vs_list(resource):
     [("pods/log", "get"), ("pods/exec", "create"), ("pods/exec", "get"), ("pods/portforward", "create")],
 )
 def test_the_role_grants_what_logs_exec_and_port_forward_need(resource, verb):
-    assert vn.allows(vn.agent_role("n")["rules"], resource, verb)
+    assert vn.allows(vn.agent_cluster_role()["rules"], resource, verb)
 
 
 @pytest.mark.parametrize(
@@ -64,11 +68,11 @@ def test_the_role_grants_what_logs_exec_and_port_forward_need(resource, verb):
     ],
 )
 def test_the_role_grants_nothing_more(resource, verb, api_group):
-    assert not vn.allows(vn.agent_role("n")["rules"], resource, verb, api_group)
+    assert not vn.allows(vn.agent_cluster_role()["rules"], resource, verb, api_group)
 
 
 def test_the_role_has_no_wildcards():
-    for rule in vn.agent_role("n")["rules"]:
+    for rule in vn.agent_cluster_role()["rules"]:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key]
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule
@@ -92,7 +96,7 @@ def test_the_binding_names_the_agents_service_account():
     binding = vn.agent_role_binding("tenants-blue-pods", "blue-virtual-node-agent", "tenants")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
+        "kind": "ClusterRole",
         "name": vn.AGENT_NAME,
     }
     assert binding["subjects"] == [
@@ -115,12 +119,14 @@ def test_promoted_nodes_are_readable_by_name_only():
 
 
 def test_the_node_reader_is_bound_to_the_agents_service_account():
-    binding = vn.host_node_reader_binding("tenants", "blue", ["node-a"], "tenants")
+    binding = vn.host_node_reader_binding("tenants", "blue", ["node-a"], "blue-virtual-node-agent")
     assert (
         binding["roleRef"]["name"] == vn.host_node_reader("tenants", "blue", ["node-a"])["metadata"]["name"]
     )
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": vn.AGENT_NAME, "namespace": "tenants"}]
-    assert vn.host_node_reader_binding("tenants", "blue", [], "tenants") is None
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "blue-virtual-node-agent", "namespace": "tenants"}
+    ]
+    assert vn.host_node_reader_binding("tenants", "blue", [], "blue-virtual-node-agent") is None
 
 
 @pytest.mark.parametrize(

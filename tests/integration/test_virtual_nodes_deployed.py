@@ -1,0 +1,218 @@
+"""Virtual nodes as the tenant_control_plane module deploys them (issue #10, item 6): two tenants
+at once on the rig's real host cluster, driven as the operator holding only the documented
+ClusterRole. "mirror" is handed the rig's host node whole (promoteResources.nodes), "quota" one
+cpu and 2Gi (promoteResources.resources). Each gets the agent's Deployment beside its control
+plane, from the image hack/build-images made, and its Pods run as host Pods in its own
+namespace. Removing the tenants leaves nothing of them in the host."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import kubernetes
+import pytest
+from hosted import kubectl, web_deployment
+from petagent import wait_for
+from tenanthost import TENANT_LABEL, apply, etcd_volume, run_info, tenant_client
+
+from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
+
+NAMESPACE = "tenants-virtual"
+RESOURCES = {"cpu": "1", "memory": "2Gi"}
+RESOURCES_NODE = "virtual-resources"
+POD_TENANT_LABEL = virtual_nodes.TENANT_POD_LABEL
+
+
+@pytest.fixture(scope="module")
+def tenants_namespace() -> str:
+    return NAMESPACE
+
+
+def promote_of(host, name: str) -> dict:
+    return {"nodes": [host["cluster"].node_name]} if name == "mirror" else {"resources": RESOURCES}
+
+
+def spec_of(host, name: str) -> dict:
+    return {
+        "version": "v1.34.4",
+        "exposure": {"type": "NodePort"},
+        "promoteResources": promote_of(host, name),
+    }
+
+
+@pytest.fixture(scope="module")
+def tenants(host, run_playbook) -> Iterator[dict]:
+    """Both tenants Ready, with their admin kubeconfigs and the module's first result."""
+    out = {}
+    try:
+        for name in ("mirror", "quota"):
+            etcd_volume(host, name)
+            kubeconfig = host["folder"] / f"{name}.kubeconfig"
+            result = apply(
+                run_playbook,
+                host,
+                name=name,
+                namespace=NAMESPACE,
+                spec=spec_of(host, name),
+                wait=True,
+                wait_timeout=300,
+                admin_kubeconfig_path=str(kubeconfig),
+            )
+            assert result.get("failed") is not True, result.get("msg")
+            out[name] = {"kubeconfig": kubeconfig, "result": result, "client": tenant_client(kubeconfig)}
+        yield out
+    finally:
+        for name in ("mirror", "quota"):
+            apply(run_playbook, host, name=name, namespace=NAMESPACE, state="absent", wait_timeout=180)
+        for tenant in out.values():
+            tenant["client"].close()
+
+
+def agent_log(host, name: str) -> str:
+    """The agent's last lines, for a failure's message."""
+    pods = (
+        host["core"]
+        .list_namespaced_pod(
+            NAMESPACE, label_selector=f"{TENANT_LABEL}={name},app.kubernetes.io/name=virtual-node-agent"
+        )
+        .items
+    )
+    try:
+        return "\n".join(
+            host["core"].read_namespaced_pod_log(
+                p.metadata.name, NAMESPACE, container="virtual-node-agent", tail_lines=40
+            )
+            for p in pods
+        )
+    except kubernetes.client.ApiException as e:
+        return f"(no log: {e.reason})"
+
+
+def ready(node) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def test_each_tenant_sees_its_virtual_nodes_ready(tenants, host) -> None:
+    rig_node = host["cluster"].node_name
+    for name, wanted in (("mirror", rig_node), ("quota", RESOURCES_NODE)):
+        core = kubernetes.client.CoreV1Api(tenants[name]["client"])
+
+        def node_ready(core=core, wanted=wanted):
+            node = next((n for n in core.list_node().items if n.metadata.name == wanted), None)
+            return node if node is not None and ready(node) else None
+
+        try:
+            node = wait_for(f"{wanted} Ready in {name}", node_ready, timeout=180, interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nagent log:\n{agent_log(host, name)}") from None
+        assert [n.metadata.name for n in core.list_node().items] == [wanted]
+        if name == "quota":
+            assert (node.status.capacity["cpu"], node.status.capacity["memory"]) == ("1", "2Gi")
+        else:
+            allocatable = host["core"].read_node(rig_node).status.allocatable
+            assert node.status.capacity["cpu"] == allocatable["cpu"]
+        # The agent's Pod is its address: the tenant's apiserver reaches :10250 there.
+        (agent_pod,) = (
+            host["core"]
+            .list_namespaced_pod(
+                NAMESPACE, label_selector=f"{TENANT_LABEL}={name},app.kubernetes.io/name=virtual-node-agent"
+            )
+            .items
+        )
+        assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == [
+            agent_pod.status.pod_ip
+        ]
+
+
+def host_pods(host, name: str) -> list:
+    return (
+        host["core"]
+        .list_namespaced_pod(
+            virtual_nodes.pods_namespace(NAMESPACE, name), label_selector=f"{POD_TENANT_LABEL}={name}"
+        )
+        .items
+    )
+
+
+def test_a_deployment_of_three_runs_as_host_pods_in_each_tenant(tenants, host) -> None:
+    for tenant in tenants.values():
+        core = kubernetes.client.CoreV1Api(tenant["client"])
+        core.create_namespace({"metadata": {"name": "team"}})
+        kubernetes.client.AppsV1Api(tenant["client"]).create_namespaced_deployment("team", web_deployment(3))
+    for name, tenant in tenants.items():
+        core = kubernetes.client.CoreV1Api(tenant["client"])
+
+        def all_running(core=core):
+            pods = core.list_namespaced_pod("team", label_selector="app=web").items
+            return pods if len(pods) == 3 and all(p.status.phase == "Running" for p in pods) else None
+
+        try:
+            wait_for(f"3 web Pods Running in {name}", all_running, timeout=180, interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nagent log:\n{agent_log(host, name)}") from None
+        running = [p for p in host_pods(host, name) if p.status.phase == "Running"]
+        assert len(running) == 3, [p.metadata.name for p in host_pods(host, name)]
+        if name == "mirror":  # pinned to the promoted host node
+            assert {p.spec.node_name for p in running} == {host["cluster"].node_name}
+        else:  # counted by the quota of the promoted resources
+            assert {p.spec.priority_class_name for p in running} == {virtual_nodes.RESOURCES_PRIORITY_CLASS}
+
+
+def run_kubectl(tenant, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*kubectl(tenant["kubeconfig"]), *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_logs_and_exec_reach_the_host_pods_through_each_tenants_api(tenants) -> None:
+    for name, tenant in tenants.items():
+        pods = kubernetes.client.CoreV1Api(tenant["client"]).list_namespaced_pod(
+            "team", label_selector="app=web"
+        )
+        pod = pods.items[0].metadata.name
+        logs = run_kubectl(tenant, "-n", "team", "logs", pod)
+        assert logs.returncode == 0 and "serving" in logs.stdout, (name, logs.stderr)
+        executed = run_kubectl(tenant, "-n", "team", "exec", pod, "--", "cat", "/tmp/index.html")
+        assert executed.returncode == 0 and executed.stdout.strip(), (name, executed.stderr)
+
+
+def test_info_reports_the_virtual_nodes(tenants, host, run_playbook) -> None:
+    found = {
+        t["metadata"]["name"]: t["status"]["virtualNodes"]
+        for t in run_info(run_playbook, host, namespace=NAMESPACE)["tenant_control_planes"]
+    }
+    assert found["mirror"]["nodes"] == [host["cluster"].node_name]
+    assert found["quota"]["nodes"] == [RESOURCES_NODE]
+    for name, seen in found.items():
+        assert seen["podsNamespace"] == virtual_nodes.pods_namespace(NAMESPACE, name)
+        assert seen["hostPods"] == 3, (name, seen)
+        assert seen["agent"]["phase"] == "Ready", (name, seen)
+
+
+def test_a_second_apply_changes_nothing(tenants, host, run_playbook) -> None:
+    for name in tenants:
+        again = apply(run_playbook, host, name=name, namespace=NAMESPACE, spec=spec_of(host, name), wait=True)
+        assert again.get("failed") is not True, again.get("msg")
+        assert again["changed"] is False, (name, again["created"], again["updated"])
+
+
+def test_removing_the_tenants_leaves_nothing_of_them_in_the_host(tenants, host, run_playbook) -> None:
+    rbac = kubernetes.client.RbacAuthorizationV1Api(host["core"].api_client)
+    for name in tenants:
+        gone = apply(run_playbook, host, name=name, namespace=NAMESPACE, state="absent", wait_timeout=180)
+        assert gone.get("failed") is not True, gone.get("msg")
+        assert f"Namespace {virtual_nodes.pods_namespace(NAMESPACE, name)}" in gone["deleted"], gone[
+            "deleted"
+        ]
+    selector = f"{TENANT_LABEL} in (mirror,quota)"
+    assert [n.metadata.name for n in host["core"].list_namespace(label_selector=selector).items] == []
+    assert (
+        host["core"].list_pod_for_all_namespaces(label_selector=f"{POD_TENANT_LABEL} in (mirror,quota)").items
+        == []
+    )
+    assert host["core"].list_namespaced_pod(NAMESPACE, label_selector=selector).items == []
+    assert host["core"].list_namespaced_config_map(NAMESPACE, label_selector=selector).items == []
+    assert host["core"].list_namespaced_service_account(NAMESPACE, label_selector=selector).items == []
+    assert rbac.list_cluster_role(label_selector=selector).items == []
+    assert rbac.list_cluster_role_binding(label_selector=selector).items == []
