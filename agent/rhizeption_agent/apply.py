@@ -62,7 +62,7 @@ def _connect(kubeconfig: str, server: str) -> Kube:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rhizeption_agent.apply", description=__doc__.split("\n")[0]
+        prog="python -m rhizeption_agent.apply", description=__doc__.split("\n", maxsplit=1)[0]
     )
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--server", default="", help="the API server's URL, instead of the kubeconfig's")

@@ -150,9 +150,9 @@ def agent_name(tenant: str) -> str:
 
 
 def agent_cluster_role() -> Obj:
-    """AGENT_ROLE_RULES as a ClusterRole that the host admin installs once (with the deployer's
-    in roles/tenant_control_plane/files/host-clusterrole.yaml). It grants nothing by itself:
-    each tenant's RoleBinding (agent_role_binding) grants it in that tenant's Pods namespace
+    """AGENT_ROLE_RULES as a ClusterRole that the host admin installs once
+    (roles/tenant_control_plane/files/virtual-node-agent-clusterrole.yaml). It grants nothing by
+    itself: each tenant's RoleBinding (agent_role_binding) grants it in that tenant's Pods namespace
     only, so every agent holds one namespaced role. A ClusterRole, not a Role per namespace,
     because RBAC lets the deployer bind a named ClusterRole (``bind`` on it) but create a
     Role only with rights it holds itself, which would be every agent's rights everywhere."""

@@ -17,20 +17,26 @@ import benchmarks.tenant_control_plane
 GROUP, VERSION, PLURAL = "hn.rhizeption.io", "v1alpha1", "tenantcontrolplanes"
 TENANT_LABEL = "hn.rhizeption.io/tenant"
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_ROLE = REPO / "roles" / "tenant_control_plane" / "files" / "host-clusterrole.yaml"
+FILES = REPO / "roles" / "tenant_control_plane" / "files"
+# What a cluster admin applies once: the deployer's ClusterRole, then the virtual nodes' two.
+ADMIN_FILES = (
+    "host-clusterrole.yaml",
+    "virtual-node-agent-clusterrole.yaml",
+    "virtual-resources-priorityclass.yaml",
+)
 OPERATOR = "rhizeption-host-operator"
 DEPLOYER_ROLE = "rhizeption-tenant-control-planes"  # the file's first ClusterRole
 
 
 def install_host_objects(api_client) -> list[tuple[str, str]]:
-    """What a cluster admin installs once from host-clusterrole.yaml: the deployer's ClusterRole,
+    """What a cluster admin installs once (ADMIN_FILES): the deployer's ClusterRole,
     the virtual-node agent's ClusterRole and its quota's PriorityClass. Returns (kind, name) of
     those this call made (one already there, as another module's, is left alone)."""
     rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
     scheduling = kubernetes.client.SchedulingV1Api(api_client)
     create = {"ClusterRole": rbac.create_cluster_role, "PriorityClass": scheduling.create_priority_class}
     made = []
-    for doc in yaml.safe_load_all(CLUSTER_ROLE.read_text()):
+    for doc in (yaml.safe_load((FILES / f).read_text()) for f in ADMIN_FILES):
         try:
             create[doc["kind"]](doc)
         except kubernetes.client.ApiException as e:
