@@ -71,6 +71,7 @@ def _host_cluster_agent(cfg: AgentConfig, kube, host_ip: str):
         pod_security=hc.pod_security,
         cluster_domain=hc.cluster_domain,
         dns_ip=hc.dns_ip or None,
+        dns_hosts_file=hc.dns_hosts_file or None,
         api_server_ip=hc.api_server_ip or None,
         api_server_port=hc.api_server_port,
         resources_priority_class=hc.resources_priority_class or None,

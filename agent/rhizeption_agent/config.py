@@ -57,6 +57,7 @@ class HostClusterConfig:
     pod_security: str = DEFAULT_POD_SECURITY  # what that namespace enforces
     cluster_domain: str = "cluster.local"  # the tenant's
     dns_ip: str = ""  # the nameserver of tenant names, when one runs
+    dns_hosts_file: str = ""  # the tenant's Service names for that nameserver, which the agent writes
     api_server_ip: str = ""  # the tenant API server's address as its Pods reach it
     api_server_port: int = 443
     resources_priority_class: str = ""  # marks the resources node's host Pods for the quota

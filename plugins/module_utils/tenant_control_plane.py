@@ -101,9 +101,15 @@ VIRTUAL_NODE_AGENT = "virtual-node-agent"
 # hack/build-images tags the agent's image with the collection's version (galaxy.yml); a unit
 # test keeps the two in step.
 AGENT_IMAGE_TAG = "0.1.0"
+# The tenant DNS beside the agent (CoreDNS serving the names the agent writes): its images key,
+# and the version hack/build-images builds (hack/versions.env COREDNS_VERSION; a unit test).
+VIRTUAL_NODE_DNS = "virtual-node-dns"
+COREDNS_VERSION = "v1.12.1"
+DNS_PORT = 5353  # CoreDNS in the agent's Pod, non-root: its Service maps 53 to it
 RESOURCES_NODE = "virtual-resources"  # the tenant's Node of promoteResources.resources
 AGENT_PORT = 10250  # the agent's kubelet API, which the tenant's apiserver calls for logs and exec
 AGENT_DIR = "/etc/rhizeption-agent"
+AGENT_STATE = "/var/lib/rhizeption-agent"  # an emptyDir: the serving certificate, the DNS names
 # On a tenant with a shared etcd: its keys there are removed before it is gone, and a
 # delete that fails half-way leaves the tenant (in Deleting) for the next run to finish.
 SHARED_KEYS_FINALIZER = "hn.rhizeption.io/shared-etcd-keys"
@@ -934,6 +940,7 @@ def default_images(version: str) -> Dict[str, str]:
         CONTROLLER_MANAGER: f"{IMAGE_REPOSITORY}/kube-controller-manager:{version}",
         SCHEDULER: f"{IMAGE_REPOSITORY}/kube-scheduler:{version}",
         VIRTUAL_NODE_AGENT: f"{IMAGE_REPOSITORY}/{VIRTUAL_NODE_AGENT}:{AGENT_IMAGE_TAG}",
+        VIRTUAL_NODE_DNS: f"{IMAGE_REPOSITORY}/coredns:{COREDNS_VERSION}",
     }
 
 
@@ -1105,6 +1112,7 @@ def render(
     *,
     pki_secrets: Sequence[Obj] = (),
     advertise_address: str | None = None,
+    virtual_dns_ip: str | None = None,
 ) -> List[Obj]:
     """Every object of the tenant's control plane but its PKI Secrets, labelled and owned
     by TCP, in the order to apply them: the datastore, then the kube-apiserver, then the
@@ -1114,7 +1122,8 @@ def render(
     names (secret_names() by default); PKI_SECRETS (render_pki's output) adds a digest to
     each Pod template so renewed credentials restart what reads them; ADVERTISE_ADDRESS is
     the address the tenant's `kubernetes` Service points at (the apiserver Service's
-    cluster IP or load balancer address once known; the Pod's IP until then).
+    cluster IP or load balancer address once known; the Pod's IP until then); VIRTUAL_DNS_IP
+    is the virtual nodes' DNS Service's cluster IP once known (their Pods' nameserver).
     """
     validate(tcp)
     spec = spec_of(tcp)
@@ -1132,7 +1141,7 @@ def render(
     objects.append(_render_controller(tcp, SCHEDULER, image[SCHEDULER], secrets, digests))
     if deploys_virtual_nodes(tcp):
         objects += _render_virtual_node_agent(
-            tcp, image[VIRTUAL_NODE_AGENT], secrets, digests, advertise_address
+            tcp, image, secrets, digests, api_server_ip=advertise_address, dns_ip=virtual_dns_ip
         )
     if int(spec["replicas"]) > 1:
         objects += [
@@ -1322,11 +1331,18 @@ def _apiserver_service(tcp: Obj) -> Obj:
     port: Obj = {"name": "https", "port": API_PORT, "targetPort": API_PORT, "protocol": "TCP"}
     if exposure["type"] == "NodePort" and exposure.get("nodePort"):
         port["nodePort"] = exposure["nodePort"]
+    ports = [port]
+    if deploys_virtual_nodes(tcp):
+        # The tenant's Pods on virtual nodes reach it as `kubernetes` on 443, as in any cluster:
+        # the host kubelet gives them KUBERNETES_PORT_443_TCP* variables, which only variables of
+        # the same names (the agent's, for this port) replace. With a NodePort exposure the host
+        # gives this port a node port too.
+        ports.append({"name": "https-pods", "port": 443, "targetPort": API_PORT, "protocol": "TCP"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(tcp, service_name(tcp), APISERVER),
-        "spec": {"type": exposure["type"], "selector": selector_labels(tcp, APISERVER), "ports": [port]},
+        "spec": {"type": exposure["type"], "selector": selector_labels(tcp, APISERVER), "ports": ports},
     }
 
 
@@ -1336,10 +1352,11 @@ def virtual_nodes_served(tcp: Obj) -> List[str]:
     return [*(promote.get("nodes") or []), *([RESOURCES_NODE] if promote.get("resources") else [])]
 
 
-def agent_config(tcp: Obj, api_server_ip: str | None) -> Obj:
+def agent_config(tcp: Obj, api_server_ip: str | None, dns_ip: str | None = None) -> Obj:
     """The agent's configuration file (agent/rhizeption_agent/config.py): the tenant's Nodes, its
-    Pods namespace in the host, and where the tenant's Pods reach its API server (API_SERVER_IP,
-    the apiserver Service's cluster IP, once known)."""
+    Pods namespace in the host, where the tenant's Pods reach its API server (API_SERVER_IP,
+    the apiserver Service's cluster IP) and their nameserver (DNS_IP, the DNS Service's), once
+    known."""
     promote = spec_of(tcp)["promoteResources"]
     resources = dict(promote.get("resources") or {})
     host_cluster: Obj = {
@@ -1350,35 +1367,70 @@ def agent_config(tcp: Obj, api_server_ip: str | None) -> Obj:
         "nodes": list(promote.get("nodes") or []),
         "pod_security": promote.get("podSecurity", virtual_nodes.DEFAULT_POD_SECURITY),
         "cluster_domain": TENANT_CLUSTER_DOMAIN,
-        "api_server_port": API_PORT,
+        "api_server_port": 443,
         "resources_priority_class": virtual_nodes.RESOURCES_PRIORITY_CLASS if resources else "",
+        "dns_hosts_file": f"{AGENT_STATE}/dns/hosts",
     }
     if api_server_ip:
         host_cluster["api_server_ip"] = api_server_ip
+    if dns_ip:
+        host_cluster["dns_ip"] = dns_ip
     return {
         "node_name": RESOURCES_NODE,
         "kubeconfig": f"{AGENT_DIR}/tenant/kubeconfig",
         "backend": "hostcluster",
-        "state_dir": "/var/lib/rhizeption-agent",
+        "state_dir": AGENT_STATE,
         "hostname_address": False,  # the Pod's name resolves nowhere in the tenant
         "server": {"port": AGENT_PORT, "client_ca_file": f"{AGENT_DIR}/tenant-ca/ca.crt"},
         "host_cluster": host_cluster,
     }
 
 
+def virtual_dns_service_name(tcp: Obj) -> str:
+    return f"{tcp['metadata']['name']}-virtual-dns"
+
+
+def corefile() -> str:
+    """The tenant DNS: the tenant's domain from the hosts file the agent writes (re-read every
+    2 s; a name it lacks is NXDOMAIN, never the host cluster's Service of that name), anything
+    else from the resolvers of the agent's Pod."""
+    return (
+        f"{TENANT_CLUSTER_DOMAIN}:{DNS_PORT} {{\n"
+        "    errors\n"
+        f"    hosts {AGENT_STATE}/dns/hosts {{\n"
+        "        reload 2s\n"
+        "    }\n"
+        "}\n"
+        f".:{DNS_PORT} {{\n"
+        "    errors\n"
+        "    forward . /etc/resolv.conf\n"
+        "    cache 30\n"
+        "}\n"
+    )
+
+
 def _render_virtual_node_agent(
-    tcp: Obj, image: str, secrets: Mapping[str, str], digests: Mapping[str, str], api_server_ip: str | None
+    tcp: Obj,
+    images: Mapping[str, str],
+    secrets: Mapping[str, str],
+    digests: Mapping[str, str],
+    *,
+    api_server_ip: str | None,
+    dns_ip: str | None,
 ) -> List[Obj]:
     """The agent of the tenant's virtual nodes beside its control plane: its ServiceAccount (its
     only right in the host is the RoleBinding in the Pods namespace, render_virtual_host_objects),
-    its configuration, and a Deployment of one (two agents would fight over the same Nodes).
+    its configuration, the Service of the tenant DNS, and a Deployment of one (two agents would
+    fight over the same Nodes) with a CoreDNS container serving the names the agent writes
+    (docs/virtual-nodes.md, "Services and DNS").
 
     The tenant's RBAC for the agent (virtual_nodes.tenant_agent_cluster_role) is applied by an
     init container with the tenant's admin kubeconfig: only a holder of a role's rights may
     create it, the module may not reach the tenant's API server, and the agent's own container
     never mounts that kubeconfig."""
     name = virtual_nodes.agent_name(tcp["metadata"]["name"])
-    config = json.dumps(agent_config(tcp, api_server_ip), indent=2, sort_keys=True)
+    image = images[VIRTUAL_NODE_AGENT]
+    config = json.dumps(agent_config(tcp, api_server_ip, dns_ip), indent=2, sort_keys=True)
     rbac = json.dumps(
         [virtual_nodes.tenant_agent_cluster_role(), virtual_nodes.tenant_agent_cluster_role_binding()],
         indent=2,
@@ -1388,7 +1440,20 @@ def _render_virtual_node_agent(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(tcp, name, VIRTUAL_NODE_AGENT),
-        "data": {"config.yaml": config, "tenant-rbac.json": rbac},
+        "data": {"config.yaml": config, "tenant-rbac.json": rbac, "Corefile": corefile()},
+    }
+    dns_service: Obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(tcp, virtual_dns_service_name(tcp), VIRTUAL_NODE_AGENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(tcp, VIRTUAL_NODE_AGENT),
+            "ports": [
+                {"name": f"dns-{proto.lower()}", "port": 53, "targetPort": DNS_PORT, "protocol": proto}
+                for proto in ("UDP", "TCP")
+            ],
+        },
     }
     account: Obj = {
         "apiVersion": "v1",
@@ -1446,7 +1511,7 @@ def _render_virtual_node_agent(
             _mount("config", f"{AGENT_DIR}/config"),
             _mount("tenant", f"{AGENT_DIR}/tenant"),
             _mount("tenant-ca", f"{AGENT_DIR}/tenant-ca"),
-            {"name": "state", "mountPath": "/var/lib/rhizeption-agent"},
+            {"name": "state", "mountPath": AGENT_STATE},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": secure,
@@ -1454,14 +1519,28 @@ def _render_virtual_node_agent(
     resources = (spec_of(tcp).get("resources") or {}).get(RESOURCE_KEYS[VIRTUAL_NODE_AGENT])
     if resources:
         agent["resources"] = copy.deepcopy(resources)
+    dns: Obj = {
+        "name": "dns",
+        "image": images[VIRTUAL_NODE_DNS],
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["-conf", f"{AGENT_DIR}/config/Corefile"],
+        "ports": [
+            {"name": f"dns-{proto.lower()}", "containerPort": DNS_PORT, "protocol": proto}
+            for proto in ("UDP", "TCP")
+        ],
+        # The names the agent writes, read only.
+        "volumeMounts": [_mount("config", f"{AGENT_DIR}/config"), _mount("state", AGENT_STATE)],
+        "securityContext": secure,
+    }
     pod_spec = _pod_spec(tcp, VIRTUAL_NODE_AGENT, agent, volumes, 1)
+    pod_spec["containers"].append(dns)
     # Its host credentials are the ServiceAccount's token, mounted and rotated by the kubelet.
     pod_spec.update(serviceAccountName=name, automountServiceAccountToken=True, initContainers=[init])
     pki_digest = _digest(
         digests, [secrets[r] for r in ("virtual-node-agent-kubeconfig", "apiserver", "admin-kubeconfig")]
     )
     # A changed configuration restarts the agent, as renewed credentials do.
-    digest = hashlib.sha256(f"{pki_digest}{config}{rbac}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{pki_digest}{config}{rbac}{corefile()}".encode()).hexdigest()[:16]
     deployment: Obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -1473,7 +1552,7 @@ def _render_virtual_node_agent(
             "template": _template(tcp, VIRTUAL_NODE_AGENT, pod_spec, digest),
         },
     }
-    return [account, config_map, deployment]
+    return [account, config_map, dns_service, deployment]
 
 
 def render_virtual_host_objects(tcp: Obj) -> List[Obj]:
@@ -1484,7 +1563,8 @@ def render_virtual_host_objects(tcp: Obj) -> List[Obj]:
     TenantControlPlane (an owner must be in the same namespace, or cluster-scoped): they carry
     its labels instead, and ensure_absent deletes them. The agent's ClusterRole and the
     PriorityClass the quota counts are the host admin's, installed once
-    (roles/tenant_control_plane/files/host-clusterrole.yaml)."""
+    (roles/tenant_control_plane/files/virtual-node-agent-clusterrole.yaml and
+    virtual-resources-priorityclass.yaml)."""
     if not deploys_virtual_nodes(tcp):
         return []
     ns, name = tcp["metadata"]["namespace"], tcp["metadata"]["name"]
@@ -2069,6 +2149,17 @@ def reconcile_objects(
         _apply(kube, secret, out, dry_run)
     cluster_ip = ((service or {}).get("spec") or {}).get("clusterIP")
     advertise = cluster_ip if cluster_ip and _is_ip(cluster_ip) else None
+    dns_obj = next(
+        (
+            o
+            for o in objects
+            if o["kind"] == "Service" and o["metadata"]["name"] == virtual_dns_service_name(tcp)
+        ),
+        None,
+    )
+    dns_ip = None
+    if dns_obj is not None:  # its cluster IP is the virtual nodes' Pods' nameserver
+        dns_ip = ((_apply(kube, dns_obj, out, dry_run).get("spec") or {}).get("clusterIP")) or None
     apiserver: Obj = {}
     upgrading = upgrade_pending(tcp) and not dry_run
     for obj in render_virtual_host_objects(tcp):
@@ -2076,8 +2167,11 @@ def reconcile_objects(
             _ensure_pods_namespace(kube, obj, out, dry_run)
         else:
             _apply(kube, obj, out, dry_run)
-    for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise):
-        if obj is service_obj or (obj["kind"] == "Service" and obj["metadata"]["name"] == service_name(tcp)):
+    for obj in render(tcp, images, pki_secrets=secrets, advertise_address=advertise, virtual_dns_ip=dns_ip):
+        if obj["kind"] == "Service" and obj["metadata"]["name"] in (
+            service_name(tcp),
+            virtual_dns_service_name(tcp),
+        ):
             continue
         component = obj["metadata"]["labels"].get("app.kubernetes.io/name")
         if obj["kind"] == "Deployment" and component == APISERVER:
@@ -2123,6 +2217,13 @@ def _ensure_pods_namespace(kube: Kube, want: Obj, out: Outcome, dry_run: bool) -
         )
 
 
+# The one-time objects of the host admin that virtual nodes need, by kind: their files.
+ADMIN_FILE = {
+    "ClusterRole": "virtual-node-agent-clusterrole.yaml",
+    "PriorityClass": "virtual-resources-priorityclass.yaml",
+}
+
+
 def check_virtual_node_prerequisites(kube: Kube, tcp: Obj) -> None:
     """Refuse, before anything is written, virtual nodes that cannot work: the agent's
     ClusterRole and the quota's PriorityClass are the host admin's, installed once."""
@@ -2136,7 +2237,7 @@ def check_virtual_node_prerequisites(kube: Kube, tcp: Obj) -> None:
             raise TenantControlPlaneError(
                 "spec.promoteResources",
                 f"the host cluster has no {resource.kind} {name}, which virtual nodes need: a cluster"
-                " admin applies roles/tenant_control_plane/files/host-clusterrole.yaml once"
+                f" admin applies roles/tenant_control_plane/files/{ADMIN_FILE[resource.kind]} once"
                 " (or set promoteResources.virtualNodes: false)",
             )
 

@@ -32,8 +32,10 @@ description:
     memory. The tenant's Pods on them run as Pods of the host cluster, in the namespace
     C(<namespace>-<name>-pods), whose Pod Security level is C(promoteResources.podSecurity). There the agent
     has one RoleBinding of the ClusterRole C(rhizeption-virtual-node-agent); a quota holds the promoted cpu
-    and memory. A cluster admin applies C(roles/tenant_control_plane/files/host-clusterrole.yaml) once
-    first. It holds that ClusterRole, the PriorityClass the quota counts, and the deployer's own rights.
+    and memory. A cluster admin applies that ClusterRole
+    (C(roles/tenant_control_plane/files/virtual-node-agent-clusterrole.yaml)) and the PriorityClass the quota
+    counts (C(virtual-resources-priorityclass.yaml) beside it) once first, with the deployer's own rights
+    (C(host-clusterrole.yaml)).
     With C(promoteResources.virtualNodes=false) the promoted resources only bound the tenant's hosted nodes.
   - Deleting removes the TenantControlPlane and waits until everything it owned is gone. The virtual nodes'
     Pods namespace goes as well, with every tenant Pod in it, and so does the ClusterRole that reads the

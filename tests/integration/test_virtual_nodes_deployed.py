@@ -177,6 +177,49 @@ def test_logs_and_exec_reach_the_host_pods_through_each_tenants_api(tenants) -> 
         assert executed.returncode == 0 and executed.stdout.strip(), (name, executed.stderr)
 
 
+def test_a_service_answers_by_its_name_between_tenant_pods(tenants, host) -> None:
+    for name, tenant in tenants.items():
+        core = kubernetes.client.CoreV1Api(tenant["client"])
+        core.create_namespaced_service(
+            "team",
+            {
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+        )
+        pods = [p.metadata.name for p in core.list_namespaced_pod("team", label_selector="app=web").items]
+
+        def answer(pod=pods[0], tenant=tenant):
+            # The short name, through the search path of the Pod's namespace and the tenant DNS.
+            got = run_kubectl(
+                tenant,
+                "-n",
+                "team",
+                "exec",
+                pod,
+                "--",
+                "sh",
+                "-c",
+                r'printf "GET / HTTP/1.0\r\n\r\n" | nc web 80',
+            )
+            return got.stdout if got.returncode == 0 and "200 OK" in got.stdout else None
+
+        try:
+            body = wait_for(f"web answering by name in {name}", answer, timeout=60, interval=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nagent log:\n{agent_log(host, name)}") from None
+        assert body.strip().splitlines()[-1] in pods  # a web Pod's hostname
+        # kubernetes.default is the tenant's API server (its Service in the host), not the host's.
+        looked_up = run_kubectl(
+            tenant, "-n", "team", "exec", pods[0], "--", "nslookup", "kubernetes.default.svc.cluster.local"
+        )
+        tenant_api = host["core"].read_namespaced_service(name, NAMESPACE).spec.cluster_ip
+        assert f"Address: {tenant_api}" in looked_up.stdout, (looked_up.stdout, looked_up.stderr)
+        # A name the tenant lacks is not looked up in the host cluster.
+        missing = run_kubectl(tenant, "-n", "team", "exec", pods[0], "--", "nslookup", "kube-dns.kube-system")
+        assert missing.returncode != 0, missing.stdout
+
+
 def test_info_reports_the_virtual_nodes(tenants, host, run_playbook) -> None:
     found = {
         t["metadata"]["name"]: t["status"]["virtualNodes"]

@@ -92,12 +92,12 @@ class Host(FakeApi):
 def running() -> Iterator[Callable[..., tuple[Host, FakeApi, services.ServiceSync, list]]]:
     made: list[tuple[Host, FakeApi, services.ServiceSync]] = []
 
-    def start(*tenant_services: dict, host: Host | None = None):
+    def start(*tenant_services: dict, host: Host | None = None, hosts: services.HostsFile | None = None):
         host = host or Host()
         tenant = FakeApi("tenant")
         for svc in tenant_services:
             tenant.seed(svc)
-        sync = services.ServiceSync(host, tenant, "blue", HOST_NS)
+        sync = services.ServiceSync(host, tenant, "blue", HOST_NS, hosts)
         told: list = []
         sync.emit = lambda obj, type_, reason, message: told.append(
             (obj["metadata"]["name"], reason, message)
@@ -174,3 +174,33 @@ def test_a_service_that_is_not_synced_costs_no_host_write_and_a_copy_it_no_longe
     tenant.seed(tenant_service(selector=None))  # web loses its selector: its copy goes
     eventually(lambda: host.at(HOST_SERVICES) == {})
     assert sync.links("shop") == []
+
+
+# -- the tenant DNS ------------------------------------------------------------------------------
+def test_the_hosts_file_names_each_synced_service_at_its_host_address(running, tmp_path):
+    path = tmp_path / "dns" / "hosts"
+    hosts = services.HostsFile(path, "cluster.local", api_server_ip="10.43.0.1")
+    headless = tenant_service("db", clusterIP="None")
+    host, tenant, sync, _told = running(tenant_service(), headless, hosts=hosts)
+    eventually(sync.synced.is_set)
+    web_ip = next(
+        s["spec"]["clusterIP"] for s in host.at(HOST_SERVICES).values() if s["spec"]["clusterIP"] != "None"
+    )
+    assert path.read_text() == (
+        f"10.43.0.1 kubernetes.default.svc.cluster.local\n{web_ip} web.shop.svc.cluster.local\n"
+    )
+    tenant.remove("/api/v1/namespaces/shop/services/web")
+    eventually(lambda: "web.shop" not in path.read_text())
+    assert path.read_text() == "10.43.0.1 kubernetes.default.svc.cluster.local\n"
+    assert not list(path.parent.glob(".*partial"))
+
+
+def test_the_hosts_file_is_written_only_when_it_changes(tmp_path):
+    path = tmp_path / "hosts"
+    hosts = services.HostsFile(path, "tenant.example")
+    link = services.ServiceLink(name="web", ip="10.43.0.5", ports=(("http", 80, "TCP"),))
+    hosts.write({("shop", "web"): link})
+    assert path.read_text() == "10.43.0.5 web.shop.svc.tenant.example\n"
+    path.write_text("changed by hand\n")
+    hosts.write({("shop", "web"): link})  # the same names: no write
+    assert path.read_text() == "changed by hand\n"

@@ -23,7 +23,8 @@ NOW = datetime.datetime(2026, 11, 24, 6, 0, tzinfo=datetime.UTC)
 BOTH = {"resources": {"cpu": "1", "memory": "2Gi"}, "nodes": ["node-a"]}
 
 
-def tcp(promote=BOTH, **spec):
+def tcp(promote=None, **spec):
+    promote = BOTH if promote is None else promote
     return {
         "apiVersion": "hn.rhizeption.io/v1alpha1",
         "kind": "TenantControlPlane",
@@ -36,8 +37,8 @@ def by_name(objects):
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
 
 
-def agent_objects(tenant, api_server_ip="10.96.0.20"):
-    objects = by_name(tcpmod.render(tenant, advertise_address=api_server_ip))
+def agent_objects(tenant, api_server_ip="10.96.0.20", dns_ip="10.96.0.53"):
+    objects = by_name(tcpmod.render(tenant, advertise_address=api_server_ip, virtual_dns_ip=dns_ip))
     name = vn.agent_name("blue")
     return (
         objects[("ServiceAccount", name)],
@@ -78,7 +79,9 @@ def test_the_agent_config_is_one_the_agent_accepts():
     assert hc.kubeconfig == ""  # the Pod's ServiceAccount
     assert (hc.tenant, hc.namespace) == ("blue", "tenants-blue-pods")
     assert (hc.resources, hc.nodes) == ({"cpu": "1", "memory": "2Gi"}, ["node-a"])
-    assert (hc.api_server_ip, hc.api_server_port) == ("10.96.0.20", 6443)
+    # 443, as `kubernetes` is in any cluster (the apiserver Service gets that port as well).
+    assert (hc.api_server_ip, hc.api_server_port) == ("10.96.0.20", 443)
+    assert (hc.dns_ip, hc.dns_hosts_file) == ("10.96.0.53", "/var/lib/rhizeption-agent/dns/hosts")
     assert hc.resources_priority_class == vn.RESOURCES_PRIORITY_CLASS
     assert hc.pod_security == "baseline"
     assert cfg.server.port == tcpmod.AGENT_PORT
@@ -97,7 +100,7 @@ def test_only_the_init_container_mounts_the_admin_kubeconfig():
     pod = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     (init,) = pod["initContainers"]
-    (agent,) = pod["containers"]
+    agent, _dns = pod["containers"]
     assert "admin" in {m["name"] for m in init["volumeMounts"]}
     assert "admin" not in {m["name"] for m in agent["volumeMounts"]}
     assert volumes["admin"]["secret"]["secretName"] == "blue-admin-kubeconfig"
@@ -168,10 +171,12 @@ def test_bad_virtual_node_settings_are_refused_naming_the_field(promote, field):
     assert e.value.field == field
 
 
-def test_the_admin_file_holds_the_agents_role_and_the_priority_class(repo):
-    docs = list(
-        yaml.safe_load_all((repo / "roles/tenant_control_plane/files/host-clusterrole.yaml").read_text())
-    )
+def test_the_admin_files_hold_the_agents_role_and_the_priority_class(repo):
+    files = repo / "roles/tenant_control_plane/files"
+    docs = [
+        yaml.safe_load((files / f).read_text())
+        for f in (tcpmod.ADMIN_FILE["ClusterRole"], tcpmod.ADMIN_FILE["PriorityClass"])
+    ]
     found = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     assert found[("ClusterRole", vn.AGENT_NAME)] == vn.agent_cluster_role()
     assert found[("PriorityClass", vn.RESOURCES_PRIORITY_CLASS)] == vn.resources_priority_class()
@@ -184,3 +189,39 @@ def test_the_agent_image_tag_is_the_collection_version(repo):
 
 def test_the_host_pod_label_is_the_agents():
     assert vn.TENANT_POD_LABEL == names.TENANT_LABEL
+
+
+def test_the_apiserver_service_answers_the_tenants_pods_on_443():
+    def ports(tenant):
+        service = by_name(tcpmod.render(tenant))[("Service", "blue")]
+        return [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]]
+
+    assert ports(tcp()) == [(6443, 6443), (443, 6443)]
+    assert ports(tcp(promote={})) == [(6443, 6443)]
+
+
+def test_the_tenant_dns_runs_beside_the_agent_behind_a_service():
+    objects = by_name(tcpmod.render(tcp()))
+    service = objects[("Service", "blue-virtual-dns")]
+    assert service["spec"]["selector"] == tcpmod.selector_labels(tcp(), tcpmod.VIRTUAL_NODE_AGENT)
+    assert {(p["port"], p["targetPort"], p["protocol"]) for p in service["spec"]["ports"]} == {
+        (53, tcpmod.DNS_PORT, "UDP"),
+        (53, tcpmod.DNS_PORT, "TCP"),
+    }
+    pod = objects[("Deployment", "blue-virtual-node-agent")]["spec"]["template"]["spec"]
+    dns = next(c for c in pod["containers"] if c["name"] == "dns")
+    assert dns["image"] == f"localhost/rhizeption/coredns:{tcpmod.COREDNS_VERSION}"
+    # It reads the names the agent writes, and cannot change them.
+    state = next(m for m in dns["volumeMounts"] if m["name"] == "state")
+    assert (state["mountPath"], state["readOnly"]) == ("/var/lib/rhizeption-agent", True)
+    corefile = objects[("ConfigMap", "blue-virtual-node-agent")]["data"]["Corefile"]
+    assert "hosts /var/lib/rhizeption-agent/dns/hosts" in corefile
+    assert "fallthrough" not in corefile  # a tenant name it lacks never reaches the host's DNS
+    assert corefile.startswith(f"cluster.local:{tcpmod.DNS_PORT} ")
+
+
+def test_the_coredns_version_is_the_one_built(repo):
+    versions = dict(
+        line.split("=", 1) for line in (repo / "hack/versions.env").read_text().splitlines() if "=" in line
+    )
+    assert versions["COREDNS_VERSION"].strip() == tcpmod.COREDNS_VERSION

@@ -121,6 +121,7 @@ class HostSettings:
     service_account: str = "default"  # a host service account without rights, never mounted
     cluster_domain: str = "cluster.local"  # the tenant's
     dns_ip: str | None = None  # the nameserver answering tenant names (docs/virtual-nodes.md)
+    dns_hosts_file: str | None = None  # where the Service sync writes the names dns_ip answers
     api_server_ip: str | None = None  # the tenant API server's host Service: kubernetes.default
     # 443, as the kubernetes Service of any cluster: the host kubelet always adds the host API
     # server's KUBERNETES_PORT_443_TCP* variables, which only variables of the same names replace.

@@ -36,7 +36,7 @@ from ...kubeapi import Kube, KubeError
 from ...provider import EventSink, ExecSession, LogRequest, NodeFacts, PodView, ProviderError
 from . import names, pods
 from .pods import HostSettings, Placement, Reference
-from .services import ServiceSync
+from .services import HostsFile, ServiceSync
 from .streams import HostStreams, KubernetesStreams, WebSocketExec
 from .watches import HostEvents, HostPods, uid_of
 
@@ -114,7 +114,12 @@ class HostClusterProvider:
         self.copy_resync_seconds = copy_resync_seconds
         self.streams = streams  # made from the host's configuration at the first exec
         self.pods = HostPods(host, settings.namespace, settings.tenant, on_change)
-        self.services = ServiceSync(host, tenant, settings.tenant, settings.namespace)
+        hosts = (
+            HostsFile(settings.dns_hosts_file, settings.cluster_domain, settings.api_server_ip)
+            if settings.dns_hosts_file
+            else None
+        )
+        self.services = ServiceSync(host, tenant, settings.tenant, settings.namespace, hosts)
         # The core's EventSink (agent.events): host Events go to the tenant Pods through it.
         self.host_events = (
             HostEvents(host, settings.namespace, self.pods, events) if events is not None else None

@@ -14,12 +14,20 @@ tenant Service selects, so the host's kube-proxy and EndpointSlices do the rest.
 One list and watch of the tenant's Services, a write only when the host copy differs, and the
 host copies no tenant Service wants deleted after each list (the host's copies are listed once
 per list of the tenant's, not read one by one).
+
+The tenant DNS: with a hosts file (``HostsFile``), every synced Service's name in the tenant
+(NAME.NAMESPACE.svc.DOMAIN) is written there with its host ClusterIP, and
+kubernetes.default.svc.DOMAIN with the tenant API server's. The CoreDNS beside the agent serves
+that file (its ``hosts`` plugin re-reads it) for the tenant's domain, and nothing else of it: a
+name it lacks is NXDOMAIN, never the host cluster's Service of the same name.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from ...kubeapi import Kube, KubeError
@@ -80,12 +88,43 @@ def _owned(spec: Obj) -> Obj:
     return out
 
 
+class HostsFile:
+    """The tenant's Service names with their host ClusterIPs, as a hosts file (PATH) that CoreDNS's
+    ``hosts`` plugin serves; rewritten whole, and only when it changes."""
+
+    def __init__(self, path: str | Path, domain: str, api_server_ip: str | None = None) -> None:
+        self.path = Path(path)
+        self.domain = domain
+        self.api_server_ip = api_server_ip
+        self._written: str | None = None
+
+    def render(self, links: dict[tuple[str, str], ServiceLink]) -> str:
+        lines = [f"{link.ip} {name}.{ns}.svc.{self.domain}" for (ns, name), link in sorted(links.items())]
+        if self.api_server_ip:
+            lines.insert(0, f"{self.api_server_ip} kubernetes.default.svc.{self.domain}")
+        return "".join(f"{line}\n" for line in lines)
+
+    def write(self, links: dict[tuple[str, str], ServiceLink]) -> None:
+        text = self.render(links)
+        if text == self._written:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        partial.write_text(text)
+        os.replace(partial, self.path)  # CoreDNS never reads half a file
+        self._written = text
+
+
 class ServiceSync:
     """Keeps the host copies of one tenant's Services (HOST: the host API server, with the
-    agent's Role in NAMESPACE; TENANT: the tenant's). EMIT tells the tenant about a Service."""
+    agent's Role in NAMESPACE; TENANT: the tenant's). EMIT tells the tenant about a Service;
+    HOSTS, when given, gets every synced Service's name (the tenant DNS)."""
 
-    def __init__(self, host: Kube, tenant: Kube, tenant_name: str, namespace: str) -> None:
+    def __init__(
+        self, host: Kube, tenant: Kube, tenant_name: str, namespace: str, hosts: HostsFile | None = None
+    ) -> None:
         self.host = host
+        self.hosts = hosts
         self.tenant = tenant
         self.tenant_name = tenant_name
         self.namespace = namespace
@@ -123,6 +162,7 @@ class ServiceSync:
                     self._reconcile(svc, copies.pop(key, None), listed=True)
                 for key in copies:  # no tenant Service wants these (gone while the agent was away)
                     self._delete(*key)
+                self._write_hosts()
                 self.synced.set()
                 while not self._stopping.is_set():
                     for kind, svc in self.tenant.watch(path, version, timeout_seconds=300):
@@ -135,6 +175,7 @@ class ServiceSync:
                                 self._delete(*key)
                         else:
                             self._reconcile(svc)
+                        self._write_hosts()
             except Exception as e:  # the tenant or the host restarting: list again
                 LOG.warning("service sync: %s: %s; listing again", type(e).__name__, e)
             self._stopping.wait(RETRY_SECONDS)
@@ -230,6 +271,12 @@ class ServiceSync:
             if owner is not None:
                 copies[(owner[2], owner[3])] = host_svc
         return copies
+
+    def _write_hosts(self) -> None:
+        if self.hosts is not None:
+            with self._lock:
+                links = dict(self._links)
+            self.hosts.write(links)
 
     def _tell(self, svc: Obj, type_: str, reason: str, message: str) -> None:
         if self.emit is not None:
