@@ -73,6 +73,26 @@ def apply(run_playbook, host, *args: str, **task):
     return result
 
 
+def ready_tenant(run_playbook, host, name: str, namespace: str, spec: dict) -> tuple[Path, dict]:
+    """Tenant NAME of SPEC made Ready by the module, with its etcd volume: (its admin
+    kubeconfig, the module's result)."""
+    etcd_volume(host, name)
+    kubeconfig = host["folder"] / f"{name}.kubeconfig"
+    result = apply(
+        run_playbook,
+        host,
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        wait=True,
+        wait_timeout=300,
+        admin_kubeconfig_path=str(kubeconfig),
+    )
+    assert result.get("failed") is not True, result.get("msg")
+    assert result["phase"] == "Ready"
+    return kubeconfig, result
+
+
 def run_info(run_playbook, host, **task):
     """One tenant_control_plane_info task, run as the operator; its result."""
     played = run_playbook(

@@ -22,7 +22,7 @@ from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube
 from conftest import PLAYBOOKS
 from riglib import toolchain
-from tenanthost import GROUP, PLURAL, TENANT_LABEL, VERSION, apply, etcd_volume, retry, tenant_client
+from tenanthost import GROUP, PLURAL, TENANT_LABEL, VERSION, apply, ready_tenant, retry, tenant_client
 
 import benchmarks.tenant_density
 
@@ -39,20 +39,8 @@ def tenants(host, run_playbook):
     """Two tenants, blue and green, Ready, with their admin kubeconfigs."""
     out = {}
     for name in ("blue", "green"):
-        etcd_volume(host, name)
-        kubeconfig = host["folder"] / f"{name}.kubeconfig"
-        result = apply(
-            run_playbook,
-            host,
-            name=name,
-            namespace=NAMESPACE,
-            spec={"version": "v1.34.4", "exposure": {"type": "NodePort"}},
-            wait=True,
-            wait_timeout=300,
-            admin_kubeconfig_path=str(kubeconfig),
-        )
-        assert result.get("failed") is not True, result.get("msg")
-        assert result["phase"] == "Ready"
+        spec = {"version": "v1.34.4", "exposure": {"type": "NodePort"}}
+        kubeconfig, result = ready_tenant(run_playbook, host, name, NAMESPACE, spec)
         out[name] = {"kubeconfig": kubeconfig, "endpoint": result["endpoint"], "result": result}
     yield out
     for name in out:

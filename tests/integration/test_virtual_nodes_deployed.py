@@ -14,7 +14,7 @@ import kubernetes
 import pytest
 from hosted import kubectl, web_deployment
 from petagent import wait_for
-from tenanthost import TENANT_LABEL, apply, etcd_volume, run_info, tenant_client
+from tenanthost import TENANT_LABEL, apply, ready_tenant, run_info, tenant_client
 
 from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
 
@@ -47,19 +47,7 @@ def tenants(host, run_playbook) -> Iterator[dict]:
     out = {}
     try:
         for name in ("mirror", "quota"):
-            etcd_volume(host, name)
-            kubeconfig = host["folder"] / f"{name}.kubeconfig"
-            result = apply(
-                run_playbook,
-                host,
-                name=name,
-                namespace=NAMESPACE,
-                spec=spec_of(host, name),
-                wait=True,
-                wait_timeout=300,
-                admin_kubeconfig_path=str(kubeconfig),
-            )
-            assert result.get("failed") is not True, result.get("msg")
+            kubeconfig, result = ready_tenant(run_playbook, host, name, NAMESPACE, spec_of(host, name))
             out[name] = {"kubeconfig": kubeconfig, "result": result, "client": tenant_client(kubeconfig)}
         yield out
     finally:
