@@ -2182,6 +2182,40 @@ def reconcile_objects(
             _wait_rolled_out(kube, apiserver, spec_of(tcp)["version"], timeout)
             upgrading = False
         _apply(kube, obj, out, dry_run)
+    _prune_virtual_nodes(kube, tcp, out, dry_run)
+
+
+def _prune_virtual_nodes(kube: Kube, tcp: Obj, out: Outcome, dry_run: bool) -> None:
+    """Delete what the tenant's virtual nodes had and its spec no longer asks for: all of it once
+    promoteResources is gone (or virtualNodes is false), the node reader once nodes are. The
+    garbage collector does not: the TenantControlPlane still owns what is in its namespace."""
+    ns, name = meta(tcp, "namespace"), meta(tcp, "name")
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in render_virtual_host_objects(tcp)}
+    gone = [
+        o
+        for o in _virtual_host_objects(kube, ns, name)
+        if (o["kind"], meta(o, "name")) not in wanted and not meta(o, "deletionTimestamp")  # going already
+    ]
+    if not deploys_virtual_nodes(tcp):
+        agent = virtual_nodes.agent_name(name)
+        for resource, obj_name in (
+            (DEPLOYMENT, agent),  # first: a running agent would make its host objects again
+            (CONFIG_MAP, agent),
+            (SERVICE, virtual_dns_service_name(tcp)),
+            (SERVICE_ACCOUNT, agent),
+            (SECRET, f"{name}-virtual-node-agent-kubeconfig"),
+        ):
+            found = kube.get(resource.path(ns, obj_name))
+            if found is not None and _owned(found, meta(tcp, "uid")):
+                gone.insert(0 if resource is DEPLOYMENT else len(gone), {**found, "kind": resource.kind})
+    for obj in gone:
+        kube.delete(
+            _path(obj),
+            uid=meta(obj, "uid"),
+            dry_run=dry_run,
+            what=f"delete {obj['kind']} {meta(obj, 'name')}",
+        )
+        out.deleted.append(f"{obj['kind']} {meta(obj, 'name')}")
 
 
 def _ensure_pods_namespace(kube: Kube, want: Obj, out: Outcome, dry_run: bool) -> None:
@@ -2338,7 +2372,7 @@ def ensure_present(
         if not check_mode:
             write_status(kube, applied, _failed(status_now(kube, applied), "ApplyFailed", str(e)))
         raise
-    out.changed = bool(out.created or out.updated)
+    out.changed = bool(out.created or out.updated or out.deleted)
     if check_mode:
         return out
     out.after = write_status(kube, applied, status_now(kube, applied))

@@ -206,7 +206,11 @@ updated:
   type: list
   elements: str
 deleted:
-  description: What the task deleted (in check mode, would delete), as C(Kind name).
+  description:
+    - What the task deleted (in check mode, would delete), as C(Kind name).
+    - With O(state=present), what the tenant's virtual nodes had and its spec no longer asks for (the agent
+      and its Pods namespace once C(promoteResources) is gone, the node reader once C(promoteResources.nodes)
+      is).
   returned: always
   type: list
   elements: str
@@ -321,7 +325,7 @@ def main() -> None:
             "endpoint": st.get("endpoint", ""),
             "created": out.created,
             "updated": out.updated,
-            "deleted": [],
+            "deleted": out.deleted,  # what virtual nodes no longer need
             "renewed": out.renewed,
             "next_renewal": out.next_renewal,
         }

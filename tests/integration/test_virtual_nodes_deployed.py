@@ -228,6 +228,24 @@ def test_a_second_apply_changes_nothing(tenants, host, run_playbook) -> None:
         assert again["changed"] is False, (name, again["created"], again["updated"])
 
 
+def test_dropping_promote_resources_removes_the_virtual_nodes_but_keeps_the_tenant(
+    tenants, host, run_playbook
+):
+    spec = {k: v for k, v in spec_of(host, "mirror").items() if k != "promoteResources"}
+    dropped = apply(run_playbook, host, name="mirror", namespace=NAMESPACE, spec=spec, wait=True)
+    assert dropped.get("failed") is not True, dropped.get("msg")
+    pods_ns = virtual_nodes.pods_namespace(NAMESPACE, "mirror")
+    assert dropped["deleted"][0] == "Deployment mirror-virtual-node-agent", dropped["deleted"]
+    assert f"Namespace {pods_ns}" in dropped["deleted"], dropped["deleted"]
+    assert dropped["phase"] == "Ready"
+    selector = f"{TENANT_LABEL}=mirror,app.kubernetes.io/name=virtual-node-agent"
+    assert host["core"].list_namespaced_config_map(NAMESPACE, label_selector=selector).items == []
+    rbac = kubernetes.client.RbacAuthorizationV1Api(host["core"].api_client)
+    assert rbac.list_cluster_role(label_selector=f"{TENANT_LABEL}=mirror").items == []
+    again = apply(run_playbook, host, name="mirror", namespace=NAMESPACE, spec=spec, wait=True)
+    assert (again["changed"], again["deleted"]) == (False, [])
+
+
 def test_removing_the_tenants_leaves_nothing_of_them_in_the_host(tenants, host, run_playbook) -> None:
     rbac = kubernetes.client.RbacAuthorizationV1Api(host["core"].api_client)
     for name in tenants:

@@ -225,3 +225,74 @@ def test_the_coredns_version_is_the_one_built(repo):
         line.split("=", 1) for line in (repo / "hack/versions.env").read_text().splitlines() if "=" in line
     )
     assert versions["COREDNS_VERSION"].strip() == tcpmod.COREDNS_VERSION
+
+
+class Cluster:
+    """Just enough of Kube for reconcile_objects: objects by path, lists by label selector."""
+
+    field_manager = "test"
+
+    def __init__(self):
+        self.objects = {}
+
+    def get(self, path):
+        return self.objects.get(path)
+
+    def list(self, path, label_selector=None, **_selectors):
+        wanted = dict(term.split("=", 1) for term in (label_selector or "").split(",") if "=" in term)
+        items = [
+            o
+            for p, o in self.objects.items()
+            if p.rsplit("/", 1)[0] == path and wanted.items() <= (o["metadata"].get("labels") or {}).items()
+        ]
+        return items, "1"
+
+    def apply(self, path, obj, *, dry_run=False, what=""):
+        stored = {**obj, "metadata": {**obj["metadata"], "uid": f"uid-{obj['metadata']['name']}"}}
+        if obj["kind"] == "Service":
+            stored["spec"] = {**obj["spec"], "clusterIP": "10.96.0.10"}
+        self.objects[path] = stored
+        return stored
+
+    def request(self, method, path, *, body=None, **_kw):
+        assert method == "POST"
+        return self.apply(f"{path}/{body['metadata']['name']}", body)
+
+    def delete(self, path, *, uid=None, dry_run=False, what="", **_kw):
+        namespace = path.removeprefix("/api/v1")  # /namespaces/NAME, when a namespace
+        for inside in [p for p in self.objects if f"{namespace}/" in p]:  # its objects go with it
+            del self.objects[inside]
+        return self.objects.pop(path)
+
+    def kinds(self):
+        return {(o["kind"], o["metadata"]["name"]) for o in self.objects.values()}
+
+
+def test_what_virtual_nodes_no_longer_need_is_deleted():
+    cluster = Cluster()
+    tcpmod.reconcile_objects(cluster, tcp(), tcpmod.Outcome(), now=NOW)
+    reader = next(o for o in tcpmod.render_virtual_host_objects(tcp()) if o["kind"] == "ClusterRole")
+    assert {("Namespace", "tenants-blue-pods"), ("Deployment", "blue-virtual-node-agent")} <= cluster.kinds()
+    assert ("ClusterRole", reader["metadata"]["name"]) in cluster.kinds()
+
+    # No promoted nodes any more: the node reader and its binding go, the rest stays.
+    out = tcpmod.Outcome()
+    tcpmod.reconcile_objects(cluster, tcp(promote={"resources": BOTH["resources"]}), out, now=NOW)
+    name = reader["metadata"]["name"]
+    assert sorted(out.deleted) == [f"ClusterRole {name}", f"ClusterRoleBinding {name}"]
+    assert ("Deployment", "blue-virtual-node-agent") in cluster.kinds()
+
+    # No promoteResources: the agent first, then everything else of the virtual nodes.
+    out = tcpmod.Outcome()
+    tcpmod.reconcile_objects(cluster, tcp(promote={}), out, now=NOW)
+    assert out.deleted[0] == "Deployment blue-virtual-node-agent"
+    assert set(out.deleted) == {
+        "Deployment blue-virtual-node-agent",
+        "ConfigMap blue-virtual-node-agent",
+        "Service blue-virtual-dns",
+        "ServiceAccount blue-virtual-node-agent",
+        "Secret blue-virtual-node-agent-kubeconfig",
+        "Namespace tenants-blue-pods",
+    }
+    left = {k for k in cluster.kinds() if "virtual" in k[1] or k[1].endswith("-pods")}
+    assert left == set(), left
