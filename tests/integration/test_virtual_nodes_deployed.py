@@ -8,12 +8,13 @@ namespace. Removing the tenants leaves nothing of them in the host."""
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import kubernetes
 import pytest
 from hosted import kubectl, web_deployment
-from petagent import wait_for
+from petagent import port_forward, wait_for
 from tenanthost import TENANT_LABEL, apply, ready_tenant, run_info, tenant_client
 
 from ansible_collections.rhizeption.core.plugins.module_utils import virtual_nodes  # isort: skip
@@ -153,7 +154,7 @@ def run_kubectl(tenant, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_logs_and_exec_reach_the_host_pods_through_each_tenants_api(tenants) -> None:
+def test_logs_exec_and_port_forward_reach_the_host_pods_through_each_tenants_api(tenants) -> None:
     for name, tenant in tenants.items():
         pods = kubernetes.client.CoreV1Api(tenant["client"]).list_namespaced_pod(
             "team", label_selector="app=web"
@@ -162,7 +163,12 @@ def test_logs_and_exec_reach_the_host_pods_through_each_tenants_api(tenants) -> 
         logs = run_kubectl(tenant, "-n", "team", "logs", pod)
         assert logs.returncode == 0 and "serving" in logs.stdout, (name, logs.stderr)
         executed = run_kubectl(tenant, "-n", "team", "exec", pod, "--", "cat", "/tmp/index.html")
-        assert executed.returncode == 0 and executed.stdout.strip(), (name, executed.stderr)
+        assert executed.returncode == 0 and executed.stdout.strip() == pod, (name, executed.stderr)
+        with (
+            port_forward(tenant["kubeconfig"], "team", pod, 8080) as local,
+            urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=10) as resp,
+        ):
+            assert resp.read().decode().strip() == pod, name
 
 
 def test_a_service_answers_by_its_name_between_tenant_pods(tenants, host) -> None:
