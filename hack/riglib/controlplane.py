@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -76,10 +77,28 @@ class State:
         return cls(**data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Listening ports come from below the kernel's ephemeral range (ip_local_port_range, 32768 up by
+# default), and below the NodePort range: a port the kernel hands out (bind to 0) is free only
+# until the component binds it, and in between any outgoing connection of this busy machine may
+# take it as its source port. kube-apiserver then fails with "address already in use" (seen in
+# CI). Ports of this range are never given to outgoing connections.
+LISTEN_PORTS = range(20000, 30000)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port of LISTEN_PORTS that nothing listens on now, never the same twice in a process."""
+    for port in random.sample(LISTEN_PORTS, len(LISTEN_PORTS)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # the components listen on every address
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RigError(f"no free port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1}")
 
 
 def _proc_start_time(pid: int) -> int | None:
@@ -260,8 +279,8 @@ class ControlPlane:
     def _write_files(self) -> None:
         """Certificates, kubeconfigs and configs for every component."""
         state = self._require_state()
-        state.ports = {c: _free_port() for c in self.components}
-        state.ports["etcd-peer"] = _free_port()
+        state.ports = {c: free_port() for c in self.components}
+        state.ports["etcd-peer"] = free_port()
         if "kube-apiserver" not in self.components:
             return  # etcd alone speaks plain HTTP on loopback
         d = self.workdir

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import kubernetes
 import podman
 import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils.pki import load_keypair
-from riglib import pki, toolchain
+from riglib import controlplane, pki, toolchain
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_IMAGE = "localhost/rhizeption/host:bookworm"
@@ -33,9 +32,8 @@ TEST_LABEL = "rhizeption.io/test-run"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to listen on, from below the ephemeral range (riglib.controlplane.LISTEN_PORTS)."""
+    return controlplane.free_port()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from ansible_collections.rhizeption.core.plugins.module_utils import pki
 from ansible_collections.rhizeption.core.plugins.module_utils.kube import Kube
 from conftest import PLAYBOOKS
+from petagent import free_port
 from riglib import toolchain
 from tenanthost import GROUP, PLURAL, TENANT_LABEL, VERSION, apply, ready_tenant, retry, tenant_client
 
@@ -99,12 +99,6 @@ def test_two_tenants_are_ready_and_serve_their_own_api(tenants, host):
             client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_kwok_node_in_the_tenant_gets_the_deployments_pods(tenants, tmp_path):
     kubeconfig = tenants["blue"]["kubeconfig"]
     config = tmp_path / "kwok.yaml"
@@ -117,7 +111,7 @@ def test_a_kwok_node_in_the_tenant_gets_the_deployments_pods(tenants, tmp_path):
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-ip=127.0.0.1",
-            f"--server-address=127.0.0.1:{_free_port()}",
+            f"--server-address=127.0.0.1:{free_port()}",
             f"--config={config}",
         ],
         stdout=log,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -63,3 +65,26 @@ def test_up_refuses_a_folder_that_holds_a_rig(tmp_path) -> None:
     (tmp_path / "state.json").write_text("{}")
     with pytest.raises(controlplane.RigError, match="already lives"):
         controlplane.ControlPlane(tmp_path).up()
+
+
+def test_listening_ports_are_outside_the_ephemeral_range_and_never_given_twice(monkeypatch):
+    # The kernel gives ephemeral ports to outgoing connections: a port of that range chosen for a
+    # component may be taken before the component binds it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    monkeypatch.setattr(controlplane, "_handed_out", set())
+    ports = [controlplane.free_port() for _ in range(40)]
+    assert len(set(ports)) == 40
+    assert all(p in controlplane.LISTEN_PORTS and p < low for p in ports)
+
+
+def test_a_port_something_listens_on_is_not_chosen(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", controlplane.LISTEN_PORTS.start))
+        busy.listen()
+        monkeypatch.setattr(
+            controlplane, "LISTEN_PORTS", range(busy.getsockname()[1], busy.getsockname()[1] + 2)
+        )
+        monkeypatch.setattr(controlplane, "_handed_out", set())
+        assert controlplane.free_port() == controlplane.LISTEN_PORTS.start + 1
+        with pytest.raises(controlplane.RigError, match="no free port"):
+            controlplane.free_port()
