@@ -72,7 +72,7 @@ def test_listening_ports_are_outside_the_ephemeral_range_and_never_given_twice(m
     # component may be taken before the component binds it.
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     monkeypatch.setattr(controlplane, "_handed_out", set())
-    ports = [controlplane.free_port() for _ in range(40)]
+    ports = [controlplane.free_port() for _attempt in range(40)]
     assert len(set(ports)) == 40
     assert all(p in controlplane.LISTEN_PORTS and p < low for p in ports)
 
