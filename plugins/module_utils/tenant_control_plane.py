@@ -996,6 +996,14 @@ def _https_probe(path: str, port: int, period: int, failures: int) -> Obj:
     }
 
 
+# Every container the tenant runs in the host: no privilege, no capability, a read-only root.
+CONTAINER_SECURITY: Obj = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
 def _container(tcp: Obj, component: str, *, image: str, args: List[str], mounts: List[Obj], port: int) -> Obj:
     container: Obj = {
         "name": component,
@@ -1008,11 +1016,7 @@ def _container(tcp: Obj, component: str, *, image: str, args: List[str], mounts:
             {"name": "https" if component != ETCD else "client", "containerPort": port, "protocol": "TCP"}
         ],
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     resources = (spec_of(tcp).get("resources") or {}).get(RESOURCE_KEYS[component])
     if resources:
@@ -1477,11 +1481,7 @@ def _render_virtual_node_agent(
         {"name": "state", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    secure = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
+
     init: Obj = {
         "name": "tenant-rbac",
         "image": image,
@@ -1497,7 +1497,7 @@ def _render_virtual_node_agent(
             _mount("admin", f"{AGENT_DIR}/admin"),
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": secure,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     agent: Obj = {
         "name": VIRTUAL_NODE_AGENT,
@@ -1514,7 +1514,7 @@ def _render_virtual_node_agent(
             {"name": "state", "mountPath": AGENT_STATE},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": secure,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     resources = (spec_of(tcp).get("resources") or {}).get(RESOURCE_KEYS[VIRTUAL_NODE_AGENT])
     if resources:
@@ -1530,7 +1530,7 @@ def _render_virtual_node_agent(
         ],
         # The names the agent writes, read only.
         "volumeMounts": [_mount("config", f"{AGENT_DIR}/config"), _mount("state", AGENT_STATE)],
-        "securityContext": secure,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     pod_spec = _pod_spec(tcp, VIRTUAL_NODE_AGENT, agent, volumes, 1)
     pod_spec["containers"].append(dns)
@@ -2055,9 +2055,8 @@ def _exposure_inputs(kube: Kube, tcp: Obj) -> Tuple[Obj | None, List[str]]:
 def status_now(kube: Kube, tcp: Obj, *, now: str | None = None) -> Obj:
     """The status TCP's objects show now."""
     service, nodes = _exposure_inputs(kube, tcp)
-    status = derive_status(
-        tcp, observe(kube, tcp), now or now_rfc3339(), service=service, node_addresses=nodes
-    )
+    observed = observe(kube, tcp)
+    status = derive_status(tcp, observed, now or now_rfc3339(), service=service, node_addresses=nodes)
     promote = spec_of(tcp).get("promoteResources") or {}
     if promote:
         promoted: Obj = {
@@ -2070,15 +2069,21 @@ def status_now(kube: Kube, tcp: Obj, *, now: str | None = None) -> Obj:
             promoted["used"] = {k.split(".", 1)[1]: v for k, v in used.items() if k.startswith("requests.")}
         status["promotedResources"] = promoted
     if deploys_virtual_nodes(tcp):
-        status["virtualNodes"] = virtual_nodes_status(kube, tcp)
+        status["virtualNodes"] = virtual_nodes_status(kube, tcp, observed)
     return status
 
 
-def virtual_nodes_status(kube: Kube, tcp: Obj) -> Obj:
+def virtual_nodes_status(kube: Kube, tcp: Obj, observed: Sequence[Obj] | None = None) -> Obj:
     """The tenant's virtual Nodes as the host sees them: their names, the Pods namespace, how
     many tenant Pods run there, and the agent's state (phase, message), which serves them."""
     ns = pods_namespace(tcp)
-    agent = kube.get(DEPLOYMENT.path(meta(tcp, "namespace"), virtual_nodes.agent_name(meta(tcp, "name"))))
+    agent_name = virtual_nodes.agent_name(meta(tcp, "name"))
+    # status_now has listed the tenant's Deployments already (observe): no second read.
+    agent = (
+        _find(observed, "Deployment", agent_name)
+        if observed is not None
+        else kube.get(DEPLOYMENT.path(meta(tcp, "namespace"), agent_name))
+    )
     phase, message = _workload_state({**agent, "kind": "Deployment"} if agent else None)
     try:
         pods, _unused = kube.list(
